@@ -1,0 +1,147 @@
+"""What the sync and aio clients share: construction, state, routes and events.
+
+`BaseClient` holds everything that does not wait. The two facades subclass it and add
+only the methods that wait (blocking, or awaitable) and the `Host` hooks that decide
+where user handlers run.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable
+from typing import Any, TypeVar, overload
+
+from . import errors
+from .core import Backoff, ClientCore
+from .hub import DEFAULT_HOST, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PORT
+
+__all__ = ["BaseClient", "destinations_list"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def destinations_list(destinations: str | list[str] | tuple[str, ...] | None) -> list[str]:
+    """Normalise `inform`'s ``destinations``: one name, several, or everyone (empty)."""
+    if destinations is None:
+        return []
+    if isinstance(destinations, str):
+        return [destinations]
+    return list(destinations)
+
+
+class BaseClient:
+    """State, routes and events of a winerp client; subclassed by the sync and aio clients.
+
+    Args:
+        local_name: This client's unique name on the hub.
+        host: Hub address.
+        port: Hub port.
+        reconnect: Come back by itself after the connection drops (backoff with jitter).
+        token: Shared secret the hub requires; defaults to ``$WINERP_TOKEN``.
+        ssl_context: Connect with TLS (``wss://``) using this client-side context.
+        max_message_size: Largest message this client sends (the hub may announce a
+            smaller one).
+        backoff_initial: First reconnect delay, in seconds.
+        backoff_max: Cap on the reconnect delay, in seconds.
+    """
+
+    def __init__(
+        self,
+        local_name: str,
+        host: str = DEFAULT_HOST,
+        port: int = DEFAULT_PORT,
+        *,
+        reconnect: bool = True,
+        token: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        backoff_initial: float = 0.1,
+        backoff_max: float = 3.0,
+    ) -> None:
+        self._core = ClientCore(
+            local_name,
+            host,
+            port,
+            self,  # type: ignore[arg-type]  # subclasses implement the Host hooks
+            token=token,
+            ssl_context=ssl_context,
+            reconnect=reconnect,
+            max_message_size=max_message_size,
+            backoff=Backoff(backoff_initial, backoff_max),
+        )
+
+    def __repr__(self) -> str:
+        state = "ready" if self.is_ready else "on hold" if self.on_hold else "not ready"
+        return f"<{type(self).__module__}.{type(self).__name__} {self.name!r} {state}>"
+
+    @property
+    def name(self) -> str:
+        """This client's name on the hub."""
+        return self._core.name
+
+    @property
+    def local_name(self) -> str:
+        """This client's name on the hub (the winerp 1.x spelling of `name`)."""
+        return self._core.name
+
+    @property
+    def is_ready(self) -> bool:
+        """True while requests can be sent and received."""
+        return self._core.is_ready
+
+    @property
+    def authorized(self) -> bool:
+        """True once the hub has accepted this client."""
+        return self._core.authorized
+
+    @property
+    def on_hold(self) -> bool:
+        """True while another client holds this name; this one takes over when it leaves."""
+        return self._core.on_hold
+
+    @overload
+    def route(self, name_or_handler: F) -> F: ...
+
+    @overload
+    def route(self, name_or_handler: str | None = None) -> Callable[[F], F]: ...
+
+    def route(self, name_or_handler: str | Callable[..., Any] | None = None) -> Any:
+        """Register a route handler, as a decorator or a plain call.
+
+        ``@client.route``, ``@client.route()``, ``@client.route("alias")`` and
+        ``client.route(func)`` all work. The handler is called as ``handler(source, **kwargs)``
+        where ``source`` is the caller's name; the decorated function stays callable as is.
+        Routes may be added before or after `start`. Thread-safe.
+
+        Raises:
+            ValueError: a route of that name already exists.
+            InvalidRouteType: the handler is not callable.
+        """
+        if callable(name_or_handler):
+            return self._add_route(name_or_handler.__name__, name_or_handler)
+        if name_or_handler is not None and not isinstance(name_or_handler, str):
+            raise errors.InvalidRouteType(f"a route handler must be callable, not {type(name_or_handler).__name__}")
+        alias = name_or_handler
+
+        def decorator(handler: F) -> F:
+            if not callable(handler):
+                raise errors.InvalidRouteType(f"a route handler must be callable, not {type(handler).__name__}")
+            return self._add_route(alias or handler.__name__, handler)
+
+        return decorator
+
+    def _add_route(self, name: str, handler: F) -> F:
+        self._core.add_route(name, handler)
+        return handler
+
+    def event(self, handler: F) -> F:
+        """Register an event handler, named after the event (``on_winerp_ready`` ...).
+
+        Handlers may take fewer parameters than the event passes (winerp 1.x handlers took
+        none).
+
+        Raises:
+            NameError: no event has that name.
+        """
+        self._core.add_event(handler.__name__, handler)
+        return handler

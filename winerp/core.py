@@ -1,0 +1,738 @@
+"""The client core: one connection's sockets, threads, pending requests and reconnects.
+
+Everything that does not depend on *how* a caller waits lives here, once, for both
+facades. One thread per client, ``winerp-reader-<name>``, owns the connection: it connects,
+registers, reads every frame, resolves pending futures, sends heartbeats and reconnects.
+Callers on any thread send through `_send`, which writes directly when the socket is free
+and otherwise leaves the frame for the thread that is writing (so a burst leaves as one
+write). Nothing here blocks a caller on the network: requests return a
+`concurrent.futures.Future`, and the facades decide how to wait on it and where user
+handlers and event handlers run (the `Host` they pass in).
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import inspect
+import logging
+import os
+import random
+import select
+import socket
+import ssl
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+import websocket
+from websocket import ABNF
+
+from . import errors
+from .frames import (
+    HUB,
+    SUBPROTOCOL,
+    Failure,
+    Information,
+    Ping,
+    Pong,
+    Presence,
+    Request,
+    Response,
+    Welcome,
+    decode_value,
+)
+from .handshake import TOKEN_HEADER
+from .protocol import ClientProtocol, ClientState, error_from_failure
+
+__all__ = ["ClientCore", "Host", "Call", "Gathering", "Backoff"]
+
+logger = logging.getLogger(__name__)
+
+_EVENT_NAMES = frozenset(
+    {
+        "on_winerp_connect",
+        "on_winerp_ready",
+        "on_winerp_disconnect",
+        "on_winerp_request",
+        "on_winerp_response",
+        "on_winerp_information",
+        "on_winerp_error",
+        "on_winerp_peer_join",
+        "on_winerp_peer_leave",
+    }
+)
+CLOSE_GOING_AWAY = 1001
+# Frames queued behind a busy writer before further senders wait for it (back-pressure).
+_MAX_QUEUED_FRAMES = 1024
+
+
+class Host(Protocol):
+    """What a facade provides to the core: where user code runs."""
+
+    def run_route(
+        self,
+        handler: Callable[..., Any],
+        source: str,
+        kwargs: dict[str, Any],
+        finish: Callable[[Any, BaseException | None], None],
+    ) -> None:
+        """Run a route handler off the reader thread, then call ``finish(value, error)``."""
+
+    def run_event(self, handler: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        """Run an event handler off the reader thread, events in the order they come."""
+
+
+class Backoff:
+    """Exponential backoff with full jitter, for reconnect attempts.
+
+    Args:
+        initial: First delay, in seconds.
+        maximum: Cap on the delay, in seconds.
+        factor: Growth per failed attempt.
+    """
+
+    def __init__(self, initial: float = 0.1, maximum: float = 3.0, factor: float = 2.0) -> None:
+        self.initial = initial
+        self.maximum = maximum
+        self.factor = factor
+        self.attempts = 0
+
+    def next_delay(self) -> float:
+        """Return the delay before the next attempt and count the attempt."""
+        ceiling = min(self.maximum, self.initial * self.factor**self.attempts)
+        self.attempts += 1
+        return random.uniform(ceiling / 2, ceiling)
+
+    def reset(self) -> None:
+        """Start over after a success."""
+        self.attempts = 0
+
+
+class Call:
+    """One request in flight: its id and the future that ends it exactly once."""
+
+    __slots__ = ("id", "future")
+
+    def __init__(self, request_id: int, future: concurrent.futures.Future[Any]) -> None:
+        self.id = request_id
+        self.future = future
+
+
+class Gathering:
+    """Several requests of one `ClientCore.request_many` call, ended together.
+
+    ``future`` resolves to ``{name: value or WinerpError}`` once every call has ended.
+    """
+
+    def __init__(self, core: ClientCore) -> None:
+        self._core = core
+        self._lock = threading.Lock()
+        self._calls: dict[str, Call] = {}
+        self._results: dict[str, Any] = {}
+        self._expected: int | None = None
+        self.future: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
+
+    def _add(self, name: str, call: Call | BaseException) -> None:
+        if isinstance(call, BaseException):
+            self._settle(name, call)
+            return
+        with self._lock:
+            self._calls[name] = call
+        call.future.add_done_callback(lambda f, name=name: self._settle(name, _outcome(f)))
+
+    def _expect(self, count: int) -> None:
+        with self._lock:
+            self._expected = count
+            done = len(self._results) == count
+        if done:
+            self._finish()
+
+    def _settle(self, name: str, value: Any) -> None:
+        with self._lock:
+            self._results[name] = value
+            done = self._expected is not None and len(self._results) == self._expected
+        if done:
+            self._finish()
+
+    def _finish(self) -> None:
+        _resolve(self.future, dict(sorted(self._results.items())))
+
+    def expire(self, timeout: float) -> None:
+        """End every call still in flight with `RequestTimeout`."""
+        with self._lock:
+            calls = list(self._calls.values())
+            if self._expected is None:
+                self._expected = len(self._results)
+        for call in calls:
+            self._core.expire(call, timeout)
+        if not self.future.done() and self._expected is not None and len(self._results) >= self._expected:
+            self._finish()
+
+
+def _positional_capacity(handler: Callable[..., Any]) -> int | None:
+    """How many positional arguments ``handler`` takes (None: any number)."""
+    try:
+        parameters = inspect.signature(handler).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    kinds = [p.kind for p in parameters]
+    if inspect.Parameter.VAR_POSITIONAL in kinds:
+        return None
+    return sum(k in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD) for k in kinds)
+
+
+def _outcome(future: concurrent.futures.Future[Any]) -> Any:
+    error = future.exception()
+    return error if error is not None else future.result()
+
+
+def _resolve(future: concurrent.futures.Future[Any], value: Any = None, error: BaseException | None = None) -> bool:
+    """Settle ``future`` unless it is already settled or cancelled; True if this call did."""
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)
+    except concurrent.futures.InvalidStateError:
+        return False
+    return True
+
+
+class _Connection:
+    """One live websocket and what belongs to it alone."""
+
+    def __init__(self, ws: websocket.WebSocket, protocol: ClientProtocol) -> None:
+        self.ws = ws
+        self.protocol = protocol
+        self.sock: socket.socket = ws.sock
+        self.queue: collections.deque[bytes] = collections.deque()
+        self.write_lock = threading.Lock()
+        self.alive = True
+        self.close_code: int | None = None
+        self.close_reason = ""
+
+
+class ClientCore:
+    """The connection machinery shared by `winerp.sync.Client` and `winerp.aio.Client`.
+
+    Thread-safe: every public method may be called from any thread, and none blocks on
+    the network.
+
+    Args:
+        name: The client's unique name on the hub.
+        host: Hub address.
+        port: Hub port.
+        host_hooks: Where user handlers run (the facade).
+        token: Shared secret presented to the hub.
+        ssl_context: Connect with TLS (``wss://``) using this context.
+        reconnect: Come back after a dropped connection.
+        max_message_size: Largest message sent before the hub announces its own limit.
+        backoff: Reconnect delays.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        host: str,
+        port: int,
+        host_hooks: Host,
+        *,
+        token: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        reconnect: bool = True,
+        max_message_size: int = 8 * 1024 * 1024,
+        backoff: Backoff | None = None,
+    ) -> None:
+        if not isinstance(name, str) or not name:
+            raise ValueError("a client needs a non-empty name")
+        self.name = name
+        self.host = host
+        self.port = port
+        self.token = token if token is not None else (os.environ.get("WINERP_TOKEN") or None)
+        self.ssl_context = ssl_context
+        self.reconnect = reconnect
+        self.max_message_size = max_message_size
+        self.backoff = backoff or Backoff()
+        self.routes: dict[str, Callable[..., Any]] = {}
+        self.events: dict[str, list[tuple[Callable[..., Any], int | None]]] = {}
+        self._hooks = host_hooks
+        self._lock = threading.Lock()
+        self._pending: dict[int, concurrent.futures.Future[Any]] = {}
+        self._connection: _Connection | None = None
+        self._state = ClientState.CONNECTING
+        self._authorized = False
+        self._ready = threading.Event()
+        self._closing = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._start_future: concurrent.futures.Future[None] | None = None
+
+    # state
+
+    @property
+    def is_ready(self) -> bool:
+        """True while connected, registered and not on hold."""
+        return self._state is ClientState.READY
+
+    @property
+    def on_hold(self) -> bool:
+        """True while another client holds this name and this one waits for it."""
+        return self._state is ClientState.HELD
+
+    @property
+    def authorized(self) -> bool:
+        """True once the hub has accepted this client (its token and its name)."""
+        return self._authorized
+
+    @property
+    def started(self) -> bool:
+        """True once `start` was called (and until `close`)."""
+        return self._thread is not None and not self._closing.is_set()
+
+    def wait_until_ready(self, timeout: float | None) -> bool:
+        """Block until ready; return False on timeout. For the sync facade."""
+        return self._ready.wait(timeout)
+
+    # lifecycle
+
+    def start(self, timeout: float) -> concurrent.futures.Future[None]:
+        """Start connecting; the future ends once ready (or on hold), or with the error.
+
+        The future always ends within ``timeout``: with `HubUnreachable` (refused),
+        `UnauthorizedError` (never retried), or `RequestTimeout` (no answer in time).
+        """
+        with self._lock:
+            if self._closing.is_set():
+                raise errors.ClientNotReadyError("this client was closed; make a new one")
+            if self._thread is not None:
+                assert self._start_future is not None
+                return self._start_future
+            self._start_future = concurrent.futures.Future()
+            self._thread = threading.Thread(
+                target=self._run, args=(time.monotonic() + timeout,), name=f"winerp-reader-{self.name}", daemon=True
+            )
+            self._thread.start()
+            return self._start_future
+
+    def close(self) -> None:
+        """Leave the hub; calls in flight fail with `ConnectionLost`. Idempotent."""
+        self._closing.set()
+        connection = self._connection
+        if connection is not None:
+            try:
+                connection.ws.send_close(reason=b"client closing")
+            except Exception:  # noqa: BLE001 - the connection may already be gone
+                pass
+            self._drop(connection)
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(5)
+        if self._start_future is not None:
+            _resolve(self._start_future, error=errors.ClientNotReadyError("the client was closed while starting"))
+        self._fail_pending(errors.ConnectionLost("the client was closed"))
+
+    # routes and events
+
+    def add_route(self, name: str, handler: Callable[..., Any]) -> None:
+        """Register a route; tells the hub at once when connected."""
+        with self._lock:
+            if name in self.routes:
+                raise ValueError(f"route {name!r} is already registered")
+            self.routes[name] = handler
+            connection = self._connection
+        if connection is not None and self._state in (ClientState.READY, ClientState.HELD):
+            self._send(connection, connection.protocol.add_routes([name]))
+
+    def add_event(self, name: str, handler: Callable[..., Any]) -> None:
+        """Register an event handler under its event name. Raises `NameError` for unknown names."""
+        if name not in _EVENT_NAMES:
+            raise NameError(f"unknown event {name!r}; events are {', '.join(sorted(_EVENT_NAMES))}")
+        self.events.setdefault(name, []).append((handler, _positional_capacity(handler)))
+
+    def emit(self, name: str, *args: Any) -> None:
+        """Hand an event to its handlers (through the facade), trimmed to what each accepts."""
+        for handler, capacity in self.events.get(name, ()):
+            self._hooks.run_event(handler, args if capacity is None else args[:capacity])
+
+    # calls
+
+    def request(self, peer: str, route: str, kwargs: dict[str, Any]) -> Call:
+        """Send a request; the returned call's future ends with the answer or the error.
+
+        Raises:
+            ClientNotReadyError: not connected, not registered, or on hold.
+            TypeError: an argument cannot be encoded.
+            PayloadTooLarge: the request exceeds the size limit.
+        """
+        connection = self._live()
+        request_id, frame = connection.protocol.request(peer, route, kwargs)
+        return self._track(connection, request_id, frame)
+
+    def ping(self, peer: str | None) -> Call:
+        """Ping the hub (``peer=None``) or a client; the future ends with True or False."""
+        connection = self._live()
+        request_id, frame = connection.protocol.ping(HUB if peer is None else peer)
+        call = self._track(connection, request_id, frame)
+        answer: concurrent.futures.Future[bool] = concurrent.futures.Future()
+
+        def _to_bool(future: concurrent.futures.Future[Any]) -> None:
+            error = future.exception()
+            if isinstance(error, (errors.DestinationNotFound, errors.PeerDisconnected)):
+                _resolve(answer, False)
+            elif error is not None:
+                _resolve(answer, error=error)
+            else:
+                _resolve(answer, True)
+
+        call.future.add_done_callback(_to_bool)
+        return _PingCall(call, answer)
+
+    def inform(self, data: Any, peers: list[str]) -> None:
+        """Send ``data`` to ``peers`` (everyone else when empty); fire and forget.
+
+        Raises:
+            ClientNotReadyError: not connected, not registered, or on hold.
+            TypeError: the data cannot be encoded.
+            PayloadTooLarge: the message exceeds the size limit.
+        """
+        connection = self._live()
+        self._send(connection, connection.protocol.inform(data, peers))
+
+    def call_hub(self, route: str, **kwargs: Any) -> Call:
+        """Call one of the hub's own routes (``peers``, ``routes``, ``status``)."""
+        return self.request(HUB, route, kwargs)
+
+    def request_many(self, route: str, sources: Iterable[str] | None, kwargs: dict[str, Any]) -> Gathering:
+        """Call ``route`` on several clients at once (every one that has it when ``sources`` is None)."""
+        gathering = Gathering(self)
+
+        def _launch(names: list[str]) -> None:
+            for name in names:
+                try:
+                    gathering._add(name, self.request(name, route, kwargs))
+                except errors.WinerpError as exc:
+                    gathering._add(name, exc)
+            gathering._expect(len(names))
+
+        if sources is not None:
+            self._live()
+            _launch(list(dict.fromkeys(sources)))
+            return gathering
+        lookup = self.call_hub("routes", route=route)
+
+        def _looked_up(future: concurrent.futures.Future[Any]) -> None:
+            error = future.exception()
+            if error is not None:
+                _resolve(gathering.future, error=error)
+            else:
+                _launch(future.result())
+
+        lookup.future.add_done_callback(_looked_up)
+        return gathering
+
+    def expire(self, call: Call, timeout: float) -> None:
+        """End ``call`` with `RequestTimeout` unless it has ended already."""
+        future = self._pending.pop(call.id, None)
+        if future is not None:
+            _resolve(future, error=errors.RequestTimeout(f"no answer within {timeout} s"))
+        if isinstance(call, _PingCall):
+            _resolve(call.future, error=errors.RequestTimeout(f"no answer within {timeout} s"))
+
+    def forget(self, call: Call) -> None:
+        """Drop ``call`` (its waiter was cancelled); a late answer is ignored."""
+        future = self._pending.pop(call.id, None)
+        if future is not None:
+            future.cancel()
+
+    def _live(self) -> _Connection:
+        connection = self._connection
+        if connection is None or self._state is not ClientState.READY:
+            if self._state is ClientState.HELD:
+                raise errors.ClientNotReadyError(f"client {self.name!r} is on hold: another client holds the name")
+            raise errors.ClientNotReadyError(f"client {self.name!r} is not ready (not started, or disconnected)")
+        return connection
+
+    def _track(self, connection: _Connection, request_id: int, frame: bytes) -> Call:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._pending[request_id] = future
+        if not connection.alive:
+            # The connection dropped after _live(): fail now rather than never.
+            self._pending.pop(request_id, None)
+            _resolve(future, error=errors.ConnectionLost("the connection to the hub dropped"))
+        else:
+            self._send(connection, frame)
+        return Call(request_id, future)
+
+    # writing
+
+    def _send(self, connection: _Connection, frame: bytes) -> None:
+        """Write ``frame``, or queue it for the thread already writing. Thread-safe."""
+        queue = connection.queue
+        queue.append(frame)
+        lock = connection.write_lock
+        while queue:
+            if not lock.acquire(blocking=len(queue) > _MAX_QUEUED_FRAMES):
+                return  # the writing thread re-checks the queue after releasing the lock
+            try:
+                parts = []
+                while queue:
+                    parts.append(ABNF.create_frame(queue.popleft(), ABNF.OPCODE_BINARY).format())
+                data = parts[0] if len(parts) == 1 else b"".join(parts)
+                # websocket-client writes its own control frames under ws.lock.
+                with connection.ws.lock:
+                    connection.sock.sendall(data)
+            except OSError as exc:
+                logger.debug("send failed: %s", exc)
+                queue.clear()
+                self._drop(connection)
+                return
+            finally:
+                lock.release()
+
+    # the reader thread
+
+    def _run(self, start_deadline: float) -> None:
+        start_future = self._start_future
+        assert start_future is not None
+        while not self._closing.is_set():
+            try:
+                connection = self._connect(start_deadline if not start_future.done() else None)
+            except errors.UnauthorizedError as exc:
+                _resolve(start_future, error=exc)
+                logger.error("the hub refused client %r: %s", self.name, exc)
+                self._closing.set()
+                break
+            except (errors.HubUnreachable, errors.RequestTimeout, errors.ProtocolError) as exc:
+                if not start_future.done():
+                    if not self.reconnect or time.monotonic() >= start_deadline:
+                        _resolve(start_future, error=exc)
+                        break
+                elif not self.reconnect:
+                    break
+                logger.debug("connecting failed: %s", exc)
+                self._pause(self.backoff.next_delay(), start_deadline if not start_future.done() else None)
+                continue
+            self._serve(connection, start_future)
+            if not self.reconnect or self._closing.is_set():
+                break
+            delay = 0.05 if connection.close_code == CLOSE_GOING_AWAY else self.backoff.next_delay()
+            self._pause(delay, None)
+        self._state = ClientState.CLOSED
+        _resolve(start_future, error=errors.ConnectionLost("the connection ended before it was ready"))
+
+    def _pause(self, delay: float, deadline: float | None) -> None:
+        if deadline is not None:
+            delay = max(0.0, min(delay, deadline - time.monotonic()))
+        self._closing.wait(delay)
+
+    def _connect(self, deadline: float | None) -> _Connection:
+        timeout = 5.0 if deadline is None else max(0.05, min(5.0, deadline - time.monotonic()))
+        scheme = "wss" if self.ssl_context is not None else "ws"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        header = {TOKEN_HEADER: self.token} if self.token else {}
+        options: dict[str, Any] = {}
+        if self.ssl_context is not None:
+            options["sslopt"] = {"context": self.ssl_context}
+        try:
+            ws = websocket.create_connection(
+                f"{scheme}://{host}:{self.port}/",
+                timeout=timeout,
+                subprotocols=[SUBPROTOCOL],
+                header=header,
+                enable_multithread=True,
+                skip_utf8_validation=True,
+                suppress_origin=True,
+                **options,
+            )
+        except websocket.WebSocketBadStatusException as exc:
+            if exc.status_code == 401:
+                raise errors.UnauthorizedError("the hub refused the token") from None
+            raise errors.HubUnreachable(f"the hub refused the handshake: {exc}") from None
+        except (socket.timeout, websocket.WebSocketTimeoutException):
+            raise errors.RequestTimeout(f"no answer from {self.host}:{self.port} within {timeout:.1f} s") from None
+        except (OSError, websocket.WebSocketException) as exc:
+            raise errors.HubUnreachable(f"cannot connect to {self.host}:{self.port}: {exc}") from None
+        if ws.getsubprotocol() != SUBPROTOCOL:
+            ws.close()
+            raise errors.ProtocolError(f"the server at {self.host}:{self.port} does not speak {SUBPROTOCOL}")
+        # A long socket timeout only guards against a peer that stops mid-frame; the
+        # heartbeat catches a silent hub far sooner.
+        ws.settimeout(30.0)
+        return _Connection(ws, ClientProtocol(self.name, self.max_message_size, time.monotonic()))
+
+    def _serve(self, connection: _Connection, start_future: concurrent.futures.Future[None]) -> None:
+        """Register on ``connection`` and read it until it drops."""
+        self._connection = connection
+        protocol = connection.protocol
+        with self._lock:
+            hello = protocol.hello(self.routes)
+        self._send(connection, hello)
+        sock = connection.sock
+        is_tls = isinstance(sock, ssl.SSLSocket)
+        ws = connection.ws
+        was_ready = False
+        next_beat = 0.0
+        try:
+            while connection.alive:
+                now = time.monotonic()
+                if now >= next_beat:
+                    beat = protocol.heartbeat_due(now)
+                    if beat is not None:
+                        self._send(connection, beat)
+                    next_beat = now + protocol.heartbeat / 4
+                if not (is_tls and sock.pending()):
+                    readable, _, _ = select.select([sock], [], [], protocol.heartbeat / 4)
+                    if not readable:
+                        continue
+                opcode, data = ws.recv_data()
+                if opcode == ABNF.OPCODE_CLOSE:
+                    self._note_close(connection, data)
+                    break
+                if opcode != ABNF.OPCODE_BINARY:
+                    raise errors.ProtocolError("the hub sent a text message on a native connection")
+                frame = protocol.receive(data, time.monotonic())
+                if isinstance(frame, Response):
+                    self._settle(frame.id, decode_value(frame.result))
+                    self.emit("on_winerp_response")
+                elif isinstance(frame, Request):
+                    self._serve_request(connection, frame)
+                elif isinstance(frame, Information):
+                    self.emit("on_winerp_information", decode_value(frame.data), frame.source)
+                elif isinstance(frame, Failure):
+                    self._on_failure(frame)
+                elif isinstance(frame, Pong):
+                    if frame.id:
+                        self._settle(frame.id, True)
+                elif isinstance(frame, Ping):
+                    self._send(connection, protocol.pong(frame))
+                elif isinstance(frame, Presence):
+                    self.emit("on_winerp_peer_join" if frame.joined else "on_winerp_peer_leave", frame.name)
+                elif isinstance(frame, Welcome):
+                    was_ready = self._welcomed(connection, frame, start_future) or was_ready
+        except errors.ConnectionLost as exc:
+            logger.warning("client %r: %s; dropping the connection", self.name, exc)
+        except errors.ProtocolError as exc:
+            logger.error("client %r: bad data from the hub (%s); dropping the connection", self.name, exc)
+        except (OSError, websocket.WebSocketException) as exc:
+            if connection.alive and not self._closing.is_set():
+                logger.info("client %r: connection lost: %s", self.name, exc)
+        finally:
+            self._drop(connection)
+            if self._authorized or was_ready:
+                self.emit("on_winerp_disconnect")
+            if was_ready or self._authorized:
+                self.backoff.reset()
+            self._authorized = False
+
+    def _welcomed(
+        self, connection: _Connection, welcome: Welcome, start_future: concurrent.futures.Future[None]
+    ) -> bool:
+        first = not self._authorized
+        self._authorized = True
+        self._state = connection.protocol.state
+        if first:
+            self.emit("on_winerp_connect")
+        if welcome.on_hold:
+            logger.warning("client name %r is taken; this client is on hold until it is free", self.name)
+            _resolve(start_future)
+            return False
+        self._ready.set()
+        _resolve(start_future)
+        self.emit("on_winerp_ready")
+        return True
+
+    def _note_close(self, connection: _Connection, data: bytes) -> None:
+        if len(data) >= 2:
+            connection.close_code = int.from_bytes(data[:2], "big")
+            connection.close_reason = data[2:].decode("utf-8", "replace")
+            if connection.close_code != 1000:
+                logger.warning(
+                    "client %r: the hub closed the connection: %d %s",
+                    self.name,
+                    connection.close_code,
+                    connection.close_reason,
+                )
+
+    def _drop(self, connection: _Connection) -> None:
+        """End ``connection``: wake its reader, fail every pending call. Idempotent."""
+        with self._lock:
+            if not connection.alive:
+                return
+            connection.alive = False
+            if self._connection is connection:
+                self._connection = None
+                self._ready.clear()
+                if self._state is not ClientState.CLOSED:
+                    self._state = ClientState.CONNECTING
+        try:
+            connection.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        reason = "the client was closed" if self._closing.is_set() else "the connection to the hub dropped"
+        self._fail_pending(errors.ConnectionLost(reason))
+        if self._thread is threading.current_thread() or self._closing.is_set():
+            try:
+                connection.ws.shutdown()
+            except Exception:  # noqa: BLE001
+                pass
+
+    def _fail_pending(self, error: errors.WinerpError) -> None:
+        while self._pending:
+            try:
+                _, future = self._pending.popitem()
+            except KeyError:
+                break
+            _resolve(future, error=error)
+
+    def _settle(self, request_id: int, value: Any) -> None:
+        future = self._pending.pop(request_id, None)
+        if future is not None:
+            _resolve(future, value)
+
+    def _on_failure(self, failure: Failure) -> None:
+        if failure.id == 0:
+            logger.warning("client %r: an inform was not delivered: %s", self.name, failure.message)
+            return
+        future = self._pending.pop(failure.id, None)
+        if future is not None:
+            _resolve(future, error=error_from_failure(failure))
+
+    def _serve_request(self, connection: _Connection, request: Request) -> None:
+        handler = self.routes.get(request.route)
+        if handler is None:
+            self._send(connection, connection.protocol.route_not_found(request))
+            return
+        try:
+            kwargs = decode_value(request.args)
+            if not isinstance(kwargs, dict):
+                raise errors.ProtocolError("request arguments are not a mapping")
+        except errors.ProtocolError as exc:
+            self._send(connection, connection.protocol.fail(request, exc, ""))
+            return
+        self.emit("on_winerp_request", request.peer, request.route)
+
+        def finish(value: Any, error: BaseException | None) -> None:
+            current = self._connection
+            if current is not connection or not connection.alive:
+                return  # the caller's request already failed with the connection
+            if error is None:
+                frame = connection.protocol.respond(request, value)
+            else:
+                text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+                frame = connection.protocol.fail(request, error, text)
+                self.emit("on_winerp_error", error)
+            self._send(connection, frame)
+
+        self._hooks.run_route(handler, request.peer, kwargs, finish)
+
+
+class _PingCall(Call):
+    """A ping: the inner request's id, and a future that turns its outcome into a bool."""
+
+    __slots__ = ()
+
+    def __init__(self, inner: Call, answer: concurrent.futures.Future[bool]) -> None:
+        super().__init__(inner.id, answer)
+

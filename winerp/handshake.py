@@ -1,0 +1,121 @@
+"""The hub's admission check of an opening websocket handshake, with no I/O.
+
+Rules of this module: no I/O, no threads, no clock. The hub reads the raw HTTP request
+itself and asks `admit` whether to let it in, before any websocket exists: a refused
+request is answered with plain HTTP (never ``101``), so a browser page, a port scanner or a
+client with a wrong token never reaches the router.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+from collections.abc import Collection
+
+from .frames import SUBPROTOCOL
+
+__all__ = ["Admission", "Refusal", "admit", "parse_request", "MAX_REQUEST_BYTES", "TOKEN_HEADER"]
+
+#: Largest HTTP request head the hub reads before refusing it.
+MAX_REQUEST_BYTES = 16 * 1024
+#: Header that carries the shared token.
+TOKEN_HEADER = "x-winerp-token"
+
+
+@dataclasses.dataclass(frozen=True)
+class Admission:
+    """The request may be upgraded.
+
+    Attributes:
+        native: True for the native dialect (the client asked for `SUBPROTOCOL`); False for
+            the winerp 1.x JSON dialect (no subprotocol asked).
+        extensions: True if the client offered websocket extensions (e.g. compression).
+    """
+
+    native: bool
+    extensions: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Refusal:
+    """The request is refused with a plain HTTP answer."""
+
+    status: int
+    reason: str
+
+    def response(self) -> bytes:
+        """The full HTTP response to write before closing the connection."""
+        phrase = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 426: "Upgrade Required"}
+        body = (self.reason + "\n").encode()
+        head = (
+            f"HTTP/1.1 {self.status} {phrase.get(self.status, 'Error')}\r\n"
+            f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n"
+        )
+        if self.status == 426:
+            head += "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+        return head.encode() + b"\r\n" + body
+
+
+def parse_request(head: bytes) -> tuple[str, str, dict[str, str]] | Refusal:
+    """Split an HTTP request head into method, target and lower-cased headers."""
+    try:
+        text = head.decode("latin-1")
+        request_line, *lines = text.split("\r\n")
+        method, target, version = request_line.split(" ")
+    except ValueError:
+        return Refusal(400, "malformed HTTP request")
+    if not version.startswith("HTTP/1."):
+        return Refusal(400, "unsupported HTTP version")
+    headers: dict[str, str] = {}
+    for line in lines:
+        if not line:
+            continue
+        name, sep, value = line.partition(":")
+        if not sep:
+            return Refusal(400, "malformed HTTP header")
+        key = name.strip().lower()
+        value = value.strip()
+        # Repeated headers are joined, as HTTP allows for list-valued ones.
+        headers[key] = f"{headers[key]}, {value}" if key in headers else value
+    return method, target, headers
+
+
+def _tokens(value: str) -> list[str]:
+    return [item.strip().lower() for item in value.split(",") if item.strip()]
+
+
+def admit(
+    head: bytes, *, token: str | None, allowed_origins: Collection[str] | None
+) -> Admission | Refusal:
+    """Decide whether an HTTP request head may become a winerp connection.
+
+    Args:
+        head: The request head, up to and including the blank line.
+        token: The shared secret clients must present, or ``None`` for none.
+        allowed_origins: ``Origin`` values let in; any other request carrying an ``Origin``
+            header (a web browser) is refused with 403.
+    """
+    parsed = parse_request(head)
+    if isinstance(parsed, Refusal):
+        return parsed
+    method, _target, headers = parsed
+    if method != "GET":
+        return Refusal(400, "a winerp hub only accepts websocket upgrades")
+    if "websocket" not in _tokens(headers.get("upgrade", "")) or "upgrade" not in _tokens(
+        headers.get("connection", "")
+    ):
+        return Refusal(426, "a winerp hub only accepts websocket upgrades")
+    if not headers.get("sec-websocket-key") or headers.get("sec-websocket-version") != "13":
+        return Refusal(400, "missing or unsupported Sec-WebSocket-Key / Sec-WebSocket-Version")
+    origin = headers.get("origin")
+    if origin is not None and origin not in (allowed_origins or ()):
+        return Refusal(403, f"origin {origin[:100]!r} is not allowed")
+    if token is not None:
+        offered = headers.get(TOKEN_HEADER, "")
+        if not hmac.compare_digest(offered.encode(), token.encode()):
+            return Refusal(401, "wrong or missing token")
+    protocols = [p.strip() for p in headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
+    if protocols and SUBPROTOCOL not in protocols:
+        return Refusal(400, f"unsupported subprotocol(s) {protocols!r}; this hub speaks {SUBPROTOCOL!r}")
+    return Admission(native=bool(protocols), extensions="sec-websocket-extensions" in headers)

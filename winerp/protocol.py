@@ -1,0 +1,626 @@
+"""The sans-IO protocol: the client's state machine and the hub's router.
+
+Rules of this module: no I/O, no threads, no clock. Bytes and time come in as arguments;
+frames, events and bytes go out as return values. Callers own the sockets, the threads and
+the locking (every method here expects to be called by one thread at a time), which is what
+lets these classes be tested with a client/hub pair and no network at all.
+
+* `ClientProtocol` builds a client's outgoing frames (numbering requests, checking sizes)
+  and interprets incoming ones, including the heartbeat that detects a silent hub.
+* `Router` is the whole of the hub's logic: names, routes, the queue of clients on hold,
+  requests in flight (so a peer that leaves fails them at once), presence, the hub's own
+  routes, and per-connection counters. It speaks to each connection through that
+  connection's codec, so it never cares which dialect a connection speaks.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import itertools
+import re
+from collections.abc import Iterable
+from typing import Any, Protocol, Union
+
+from msgspec import Raw
+
+from . import errors
+from .frames import (
+    HUB,
+    AddRoutes,
+    ErrorCode,
+    Failure,
+    Frame,
+    Hello,
+    Inform,
+    Information,
+    Ping,
+    Pong,
+    Presence,
+    Request,
+    Response,
+    Welcome,
+    decode_frame,
+    decode_value,
+    encode_frame,
+    encode_value,
+)
+
+__all__ = [
+    "Codec",
+    "NativeCodec",
+    "Undeliverable",
+    "ClientProtocol",
+    "ClientState",
+    "Router",
+    "Session",
+    "SessionState",
+    "error_from_failure",
+    "MAX_NAME_LENGTH",
+]
+
+Message = Union[bytes, str]
+MAX_NAME_LENGTH = 128
+_NAME_PATTERN = re.compile(r"[^\x00-\x1f\x7f]{1,%d}" % MAX_NAME_LENGTH)
+
+
+class Undeliverable(Exception):
+    """A codec cannot express a frame in its dialect (e.g. bytes for a JSON peer)."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Codec(Protocol):
+    """Translates between one connection's wire messages and native frames."""
+
+    def decode(self, message: Message) -> list[Frame]:
+        """Return the frames one wire message carries. Raises `errors.ProtocolError`."""
+
+    def encode(self, frame: Frame) -> list[Message]:
+        """Return the wire messages that carry ``frame``. Raises `Undeliverable`."""
+
+
+class NativeCodec:
+    """The native dialect: one msgpack frame per binary websocket message."""
+
+    def decode(self, message: Message) -> list[Frame]:
+        """Decode one binary message. Raises `errors.ProtocolError` for anything else."""
+        if not isinstance(message, bytes):
+            raise errors.ProtocolError("the native dialect uses binary messages only")
+        return [decode_frame(message)]
+
+    def encode(self, frame: Frame) -> list[Message]:
+        """Encode ``frame`` as one binary message."""
+        return [encode_frame(frame)]
+
+
+def error_from_failure(failure: Failure) -> errors.WinerpError:
+    """Turn a `Failure` frame into the exception its caller should see."""
+    code, message = failure.code, failure.message
+    if code == ErrorCode.REMOTE_ERROR:
+        return errors.ClientRuntimeError(
+            message,
+            remote_type=failure.remote_type,
+            remote_message=failure.message,
+            remote_traceback=failure.traceback,
+        )
+    error_class: type[errors.WinerpError] = {
+        ErrorCode.DESTINATION_NOT_FOUND: errors.DestinationNotFound,
+        ErrorCode.ROUTE_NOT_FOUND: errors.RouteNotFound,
+        ErrorCode.PEER_DISCONNECTED: errors.PeerDisconnected,
+        ErrorCode.PAYLOAD_TOO_LARGE: errors.PayloadTooLarge,
+        ErrorCode.NOT_READY: errors.ClientNotReadyError,
+    }.get(code, errors.WinerpError)
+    return error_class(message)
+
+
+# --- client --------------------------------------------------------------------------------
+
+
+class ClientState(enum.Enum):
+    """Where a client connection stands."""
+
+    CONNECTING = "connecting"
+    REGISTERING = "registering"
+    HELD = "held"
+    READY = "ready"
+    CLOSED = "closed"
+
+
+class ClientProtocol:
+    """One client connection's protocol state: frames out, events in, heartbeat.
+
+    One instance lives for one connection; a reconnect makes a new one. Not thread-safe:
+    the caller serialises calls (the core does, with its send path and its single reader).
+
+    Args:
+        name: The client's name on the hub.
+        max_message_size: Largest encoded frame this side sends, until the hub says its own.
+        now: The current monotonic time.
+    """
+
+    def __init__(self, name: str, max_message_size: int, now: float) -> None:
+        self.name = name
+        self.state = ClientState.CONNECTING
+        self.max_message_size = max_message_size
+        self.heartbeat = 1.0
+        self.peers: list[str] = []
+        self._ids = itertools.count(1)
+        self._last_received = now
+        self._last_ping = now
+
+    # outgoing
+
+    def hello(self, routes: Iterable[str]) -> bytes:
+        """Return the registration frame; the connection is then registering."""
+        self.state = ClientState.REGISTERING
+        return encode_frame(Hello(self.name, sorted(routes)))
+
+    def add_routes(self, routes: Iterable[str]) -> bytes:
+        """Return the frame that registers ``routes`` after `hello`."""
+        return encode_frame(AddRoutes(sorted(routes)))
+
+    def request(self, peer: str, route: str, args: dict[str, Any]) -> tuple[int, bytes]:
+        """Return a new request id and the frame calling ``route`` on ``peer``.
+
+        Raises:
+            TypeError: an argument cannot be encoded.
+            PayloadTooLarge: the frame exceeds the size limit.
+        """
+        request_id = next(self._ids)
+        frame = encode_frame(Request(request_id, peer, route, Raw(encode_value(args))))
+        self._check_size(frame)
+        return request_id, frame
+
+    def ping(self, peer: str) -> tuple[int, bytes]:
+        """Return a new request id and the frame that pings ``peer`` (`HUB` for the hub)."""
+        request_id = next(self._ids)
+        return request_id, encode_frame(Ping(request_id, peer))
+
+    def inform(self, data: Any, peers: list[str]) -> bytes:
+        """Return the frame delivering ``data`` to ``peers`` (everyone else when empty).
+
+        Raises:
+            TypeError: the data cannot be encoded.
+            PayloadTooLarge: the frame exceeds the size limit.
+        """
+        frame = encode_frame(Inform(peers, Raw(encode_value(data))))
+        self._check_size(frame)
+        return frame
+
+    def respond(self, request: Request, value: Any) -> bytes:
+        """Return the frame answering ``request`` with ``value``.
+
+        A value that cannot be encoded, or is too large, becomes a `Failure` that says so,
+        so the caller always gets an answer.
+        """
+        try:
+            frame = encode_frame(Response(request.id, request.peer, Raw(encode_value(value))))
+            self._check_size(frame)
+        except errors.PayloadTooLarge as exc:
+            return self._failure(request, ErrorCode.PAYLOAD_TOO_LARGE, str(exc))
+        except TypeError as exc:
+            return self.fail(request, exc, "")
+        return frame
+
+    def fail(self, request: Request, exc: BaseException, traceback: str) -> bytes:
+        """Return the frame telling the caller of ``request`` that its handler raised ``exc``."""
+        message = str(exc)
+        return encode_frame(
+            Failure(
+                request.id,
+                request.peer,
+                ErrorCode.REMOTE_ERROR,
+                message,
+                remote_type=type(exc).__name__,
+                traceback=traceback,
+            )
+        )
+
+    def route_not_found(self, request: Request) -> bytes:
+        """Return the frame telling the caller that this client has no such route."""
+        return self._failure(
+            request, ErrorCode.ROUTE_NOT_FOUND, f"client {self.name!r} has no route {request.route!r}"
+        )
+
+    def pong(self, ping: Ping) -> bytes:
+        """Return the answer to a ping from another client."""
+        return encode_frame(Pong(ping.id, ping.peer))
+
+    def _failure(self, request: Request, code: ErrorCode, message: str) -> bytes:
+        return encode_frame(Failure(request.id, request.peer, code, message))
+
+    def _check_size(self, frame: bytes) -> None:
+        if len(frame) > self.max_message_size:
+            raise errors.PayloadTooLarge(
+                f"message of {len(frame)} bytes exceeds the limit of {self.max_message_size} bytes"
+            )
+
+    # incoming
+
+    def receive(self, data: bytes, now: float) -> Frame:
+        """Interpret one message from the hub and return its frame.
+
+        `Welcome` updates the state (ready or held) and the limits the hub announced.
+
+        Raises:
+            ProtocolError: the message is not a valid frame from a hub.
+        """
+        self._last_received = now
+        frame = decode_frame(data)
+        if isinstance(frame, Welcome):
+            self.state = ClientState.HELD if frame.on_hold else ClientState.READY
+            self.heartbeat = frame.heartbeat
+            self.max_message_size = frame.max_message_size
+            self.peers = list(frame.peers)
+        elif isinstance(frame, (Hello, AddRoutes, Inform)):
+            raise errors.ProtocolError(f"a hub does not send {type(frame).__name__}")
+        return frame
+
+    def heartbeat_due(self, now: float) -> bytes | None:
+        """Return a heartbeat frame when one is due, else ``None``.
+
+        Raises:
+            ConnectionLost: the hub has been silent for more than five heartbeats.
+        """
+        silence = now - self._last_received
+        if silence > 5 * self.heartbeat:
+            raise errors.ConnectionLost(f"the hub has been silent for {silence:.1f} s")
+        if now - self._last_ping >= self.heartbeat:
+            self._last_ping = now
+            return encode_frame(Ping(0, HUB))
+        return None
+
+
+# --- hub -----------------------------------------------------------------------------------
+
+
+class SessionState(enum.Enum):
+    """Where a connection stands at the hub."""
+
+    NEW = "new"
+    HELD = "held"
+    READY = "ready"
+    CLOSED = "closed"
+
+
+class Session:
+    """The hub's view of one connection.
+
+    Args:
+        codec: Translates this connection's dialect.
+        transport: Whatever the I/O layer uses to reach the connection; opaque here.
+        now: Wall-clock time of the connection, for status.
+    """
+
+    def __init__(self, codec: Codec, transport: Any, now: float) -> None:
+        self.codec = codec
+        self.transport = transport
+        self.connected_since = now
+        self.name = ""
+        self.routes: set[str] = set()
+        self.routes_known = True
+        self.state = SessionState.NEW
+        #: Requests this session sent that wait for an answer: request id -> destination.
+        self.awaiting: dict[int, Session] = {}
+        #: Requests other sessions sent to this one: (requester, request id).
+        self.serving: set[tuple[Session, int]] = set()
+        self.messages_in = self.messages_out = self.bytes_in = self.bytes_out = 0
+
+    def __repr__(self) -> str:
+        return f"<Session {self.name or '?'} {self.state.value}>"
+
+
+Output = list[tuple[Session, Message]]
+
+
+class Router:
+    """The hub's routing logic, with no I/O.
+
+    Every method returns the messages to send as ``(session, message)`` pairs, in order.
+    Not thread-safe: the hub calls it under one lock.
+
+    Args:
+        heartbeat: Interval the hub asks clients to send heartbeats at, in seconds.
+        max_message_size: Largest message the hub accepts; announced to clients.
+        max_pending: Requests in flight allowed per client.
+    """
+
+    def __init__(self, *, heartbeat: float = 1.0, max_message_size: int, max_pending: int = 10_000) -> None:
+        self.heartbeat = heartbeat
+        self.max_message_size = max_message_size
+        self.max_pending = max_pending
+        self.sessions: set[Session] = set()
+        self._by_name: dict[str, Session] = {}
+        self._held: dict[str, collections.deque[Session]] = {}
+        self.messages_routed = 0
+
+    # queries
+
+    def ready_names(self) -> list[str]:
+        """Names of the registered, active clients, sorted."""
+        return sorted(self._by_name)
+
+    def status(self) -> dict[str, Any]:
+        """Counters of the hub and of every connection, for ``winerp status``."""
+        return {
+            "clients": [
+                {
+                    "name": s.name,
+                    "state": s.state.value,
+                    "routes": sorted(s.routes) if s.routes_known else None,
+                    "connected_since": s.connected_since,
+                    "messages_in": s.messages_in,
+                    "messages_out": s.messages_out,
+                    "bytes_in": s.bytes_in,
+                    "bytes_out": s.bytes_out,
+                    "in_flight": len(s.awaiting),
+                }
+                for s in sorted(self.sessions, key=lambda s: (s.name, s.connected_since))
+                if s.state is not SessionState.NEW
+            ],
+            "connections": len(self.sessions),
+            "messages_routed": self.messages_routed,
+        }
+
+    # lifecycle
+
+    def open(self, codec: Codec, transport: Any, now: float) -> Session:
+        """Start tracking a new connection; it must register before anything else."""
+        session = Session(codec, transport, now)
+        self.sessions.add(session)
+        return session
+
+    def receive(self, session: Session, message: Message) -> Output:
+        """Route one wire message from ``session``.
+
+        Raises:
+            ProtocolError: the message breaks the protocol; the caller closes the connection.
+        """
+        session.messages_in += 1
+        session.bytes_in += len(message)
+        out: Output = []
+        for frame in session.codec.decode(message):
+            self._dispatch(session, frame, out)
+        return out
+
+    def close(self, session: Session) -> Output:
+        """Forget ``session``: fail what waits on it, tell the others, promote a held client."""
+        out: Output = []
+        if session.state is SessionState.CLOSED:
+            return out
+        was_ready = session.state is SessionState.READY
+        session.state = SessionState.CLOSED
+        self.sessions.discard(session)
+        for request_id, destination in session.awaiting.items():
+            destination.serving.discard((session, request_id))
+        session.awaiting.clear()
+        for requester, request_id in session.serving:
+            requester.awaiting.pop(request_id, None)
+            self._send(
+                out,
+                requester,
+                Failure(
+                    request_id,
+                    session.name,
+                    ErrorCode.PEER_DISCONNECTED,
+                    f"client {session.name!r} disconnected before answering",
+                ),
+            )
+        session.serving.clear()
+        if was_ready:
+            del self._by_name[session.name]
+            self._broadcast(out, Presence(session.name, False), exclude=None)
+            queue = self._held.get(session.name)
+            if queue:
+                successor = queue.popleft()
+                if not queue:
+                    del self._held[session.name]
+                self._activate(out, successor)
+        else:
+            queue = self._held.get(session.name)
+            if queue and session in queue:
+                queue.remove(session)
+                if not queue:
+                    del self._held[session.name]
+        return out
+
+    # internals
+
+    def _dispatch(self, session: Session, frame: Frame, out: Output) -> None:
+        if isinstance(frame, Request):
+            self._route_request(session, frame, out)
+        elif isinstance(frame, (Response, Failure, Pong)):
+            self._route_answer(session, frame, out)
+        elif isinstance(frame, Inform):
+            self._route_inform(session, frame, out)
+        elif isinstance(frame, Ping):
+            self._route_ping(session, frame, out)
+        elif isinstance(frame, Hello):
+            self._register(session, frame, out)
+        elif isinstance(frame, AddRoutes):
+            self._require_registered(session, frame)
+            session.routes.update(frame.routes)
+        else:
+            raise errors.ProtocolError(f"a client does not send {type(frame).__name__}")
+
+    def _require_registered(self, session: Session, frame: Frame) -> None:
+        if session.state is SessionState.NEW:
+            raise errors.ProtocolError(f"{type(frame).__name__} before Hello: register a name first")
+
+    def _register(self, session: Session, hello: Hello, out: Output) -> None:
+        if session.state is not SessionState.NEW:
+            raise errors.ProtocolError("Hello sent twice")
+        if not _NAME_PATTERN.fullmatch(hello.name):
+            raise errors.ProtocolError(
+                f"invalid client name {hello.name[:40]!r}: 1 to {MAX_NAME_LENGTH} printable characters"
+            )
+        session.name = hello.name
+        session.routes = set(hello.routes)
+        session.routes_known = hello.routes_known
+        if hello.name in self._by_name:
+            session.state = SessionState.HELD
+            self._held.setdefault(hello.name, collections.deque()).append(session)
+            self._send(out, session, self._welcome(session, on_hold=True))
+        else:
+            self._activate(out, session)
+
+    def _activate(self, out: Output, session: Session) -> None:
+        session.state = SessionState.READY
+        self._by_name[session.name] = session
+        self._send(out, session, self._welcome(session, on_hold=False))
+        self._broadcast(out, Presence(session.name, True), exclude=session)
+
+    def _welcome(self, session: Session, *, on_hold: bool) -> Welcome:
+        peers = [name for name in self._by_name if name != session.name]
+        return Welcome(session.name, on_hold, self.heartbeat, self.max_message_size, sorted(peers))
+
+    def _destination(self, session: Session, request_id: int, peer: str, out: Output) -> Session | None:
+        """Return the ready session named ``peer``, or answer the requester and return None."""
+        if session.state is SessionState.NEW:
+            raise errors.ProtocolError("request before Hello: register a name first")
+        if session.state is not SessionState.READY:
+            self._fail(out, session, request_id, peer, ErrorCode.NOT_READY, "this client is on hold")
+            return None
+        if request_id in session.awaiting:
+            self._fail(out, session, request_id, peer, ErrorCode.BAD_REQUEST, "request id already in flight")
+            return None
+        if len(session.awaiting) >= self.max_pending:
+            self._fail(
+                out,
+                session,
+                request_id,
+                peer,
+                ErrorCode.TOO_MANY_PENDING,
+                f"more than {self.max_pending} requests in flight",
+            )
+            return None
+        destination = self._by_name.get(peer)
+        if destination is None:
+            self._fail(
+                out, session, request_id, peer, ErrorCode.DESTINATION_NOT_FOUND, f"client {peer!r} is not connected"
+            )
+        return destination
+
+    def _route_request(self, session: Session, request: Request, out: Output) -> None:
+        if request.peer == HUB and session.state is SessionState.READY:
+            self._answer_builtin(session, request, out)
+            return
+        destination = self._destination(session, request.id, request.peer, out)
+        if destination is None:
+            return
+        if destination.routes_known and request.route not in destination.routes:
+            self._fail(
+                out,
+                session,
+                request.id,
+                request.peer,
+                ErrorCode.ROUTE_NOT_FOUND,
+                f"client {request.peer!r} has no route {request.route!r}",
+            )
+            return
+        self._forward(out, session, destination, request.id, Request(request.id, session.name, request.route, request.args))
+
+    def _route_ping(self, session: Session, ping: Ping, out: Output) -> None:
+        if ping.peer == HUB:
+            self._send(out, session, Pong(ping.id, HUB))
+            return
+        destination = self._destination(session, ping.id, ping.peer, out)
+        if destination is not None:
+            self._forward(out, session, destination, ping.id, Ping(ping.id, session.name))
+
+    def _forward(self, out: Output, requester: Session, destination: Session, request_id: int, frame: Frame) -> None:
+        try:
+            messages = destination.codec.encode(frame)
+        except Undeliverable as exc:
+            self._fail(out, requester, request_id, destination.name, exc.code, exc.message)
+            return
+        requester.awaiting[request_id] = destination
+        destination.serving.add((requester, request_id))
+        self._emit(out, destination, messages)
+
+    def _route_answer(self, session: Session, answer: Response | Failure | Pong, out: Output) -> None:
+        self._require_registered(session, answer)
+        requester = self._by_name.get(answer.peer)
+        # Only the session a request went to may answer it: late, stray or spoofed answers drop.
+        if requester is None or requester.awaiting.get(answer.id) is not session:
+            return
+        del requester.awaiting[answer.id]
+        session.serving.discard((requester, answer.id))
+        forwarded: Frame
+        if isinstance(answer, Response):
+            forwarded = Response(answer.id, session.name, answer.result)
+        elif isinstance(answer, Pong):
+            forwarded = Pong(answer.id, session.name)
+        else:
+            forwarded = Failure(
+                answer.id, session.name, answer.code, answer.message, answer.remote_type, answer.traceback
+            )
+        try:
+            messages = requester.codec.encode(forwarded)
+        except Undeliverable as exc:
+            self._fail(out, requester, answer.id, session.name, exc.code, exc.message)
+            return
+        self._emit(out, requester, messages)
+
+    def _route_inform(self, session: Session, inform: Inform, out: Output) -> None:
+        self._require_registered(session, inform)
+        if session.state is not SessionState.READY:
+            return
+        information = Information(session.name, inform.data)
+        if not inform.peers:
+            self._broadcast(out, information, exclude=session)
+            return
+        for name in dict.fromkeys(inform.peers):
+            destination = self._by_name.get(name)
+            if destination is None:
+                self._fail(out, session, 0, name, ErrorCode.DESTINATION_NOT_FOUND, f"client {name!r} is not connected")
+                continue
+            self._send(out, destination, information)
+
+    def _answer_builtin(self, session: Session, request: Request, out: Output) -> None:
+        result: Any
+        if request.route == "peers":
+            result = [name for name in self.ready_names() if name != session.name]
+        elif request.route == "status":
+            result = self.status()
+        elif request.route == "routes":
+            # Which ready clients have a given route: the basis of request_many.
+            wanted = decode_value(request.args).get("route", "")
+            result = [
+                s.name
+                for s in self._by_name.values()
+                if s is not session and (wanted in s.routes or not s.routes_known)
+            ]
+            result.sort()
+        else:
+            self._fail(out, session, request.id, HUB, ErrorCode.ROUTE_NOT_FOUND, f"the hub has no route {request.route!r}")
+            return
+        self._send(out, session, Response(request.id, HUB, Raw(encode_value(result))))
+
+    def _fail(self, out: Output, session: Session, request_id: int, peer: str, code: ErrorCode, message: str) -> None:
+        self._send(out, session, Failure(request_id, peer, code, message))
+
+    def _broadcast(self, out: Output, frame: Frame, exclude: Session | None) -> None:
+        for destination in self._by_name.values():
+            if destination is not exclude:
+                self._send(out, destination, frame)
+
+    def _send(self, out: Output, destination: Session, frame: Frame) -> None:
+        try:
+            messages = destination.codec.encode(frame)
+        except Undeliverable:
+            # Only informs and presence reach here with a payload a codec may refuse; there is
+            # no caller waiting on them to tell.
+            return
+        self._emit(out, destination, messages)
+
+    def _emit(self, out: Output, destination: Session, messages: list[Message]) -> None:
+        for message in messages:
+            destination.messages_out += 1
+            destination.bytes_out += len(message)
+            out.append((destination, message))
+        self.messages_routed += 1

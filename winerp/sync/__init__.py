@@ -1,0 +1,5 @@
+"""The blocking, thread-safe winerp client."""
+
+from .client import Client
+
+__all__ = ["Client"]

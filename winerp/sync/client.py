@@ -1,0 +1,222 @@
+"""The blocking client: waits on the core's futures; handlers run on a thread pool."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from .. import errors
+from ..client import BaseClient, destinations_list
+from ..core import Call
+
+__all__ = ["Client"]
+
+
+class Client(BaseClient):
+    """A blocking winerp client, for scripts, Flask workers and any threaded code.
+
+    Thread-safe: any number of threads may call one client at once. Route handlers run on
+    a pool of worker threads (so a handler may itself call `request`, even back into its
+    caller); event handlers run one at a time, in order, on one event thread.
+
+    Args:
+        local_name: This client's unique name on the hub.
+        host: Hub address.
+        port: Hub port.
+        handler_workers: Most route handlers running at once.
+        **options: See `winerp.client.BaseClient` (``reconnect``, ``token``, ``ssl_context``,
+            ``max_message_size`` ...).
+
+    Example::
+
+        with Client("worker", port=13254) as client:
+            print(client.request("get_user", "bot", user_id=1))
+    """
+
+    def __init__(
+        self,
+        local_name: str,
+        host: str = "127.0.0.1",
+        port: int = 13254,
+        *,
+        handler_workers: int = 32,
+        **options: Any,
+    ) -> None:
+        super().__init__(local_name, host, port, **options)
+        self._handler_workers = handler_workers
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._event_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._pools_lock = threading.Lock()
+        self._closed = False
+
+    # lifecycle
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Connect, register the name and routes; return once ready (or on hold).
+
+        Raises:
+            HubUnreachable: no hub accepted the connection within ``timeout``.
+            UnauthorizedError: the hub refused the token (never retried).
+            RequestTimeout: the hub did not answer within ``timeout``.
+        """
+        self._core.start(timeout).result()
+
+    def wait_until_ready(self, timeout: float | None = None) -> None:
+        """Block until the client is ready.
+
+        Raises:
+            RequestTimeout: not ready within ``timeout``.
+        """
+        if not self._core.wait_until_ready(timeout):
+            raise errors.RequestTimeout(f"client {self.name!r} not ready within {timeout} s")
+
+    def close(self) -> None:
+        """Leave the hub; requests in flight fail with `ConnectionLost`. Idempotent."""
+        self._core.close()
+        with self._pools_lock:
+            self._closed = True
+            pools = [(self._pool, True), (self._event_pool, False)]
+            self._pool = self._event_pool = None
+        current = threading.current_thread().name
+        for pool, cancel in pools:
+            if pool is not None:
+                # A handler or event handler that closes its own client must not wait for itself.
+                own = current.startswith((f"winerp-handler-{self.name}", f"winerp-event-{self.name}"))
+                pool.shutdown(wait=not own, cancel_futures=cancel)
+
+    def __enter__(self) -> Client:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # calls
+
+    def request(self, route: str, source: str, timeout: float = 60, **kwargs: Any) -> Any:
+        """Call ``route`` on the client named ``source`` and return what its handler returns.
+
+        Raises:
+            ClientNotReadyError: not connected or on hold (raised at once).
+            DestinationNotFound: no client of that name is connected.
+            RouteNotFound: that client has no such route.
+            ClientRuntimeError: the remote handler raised.
+            RequestTimeout: no answer within ``timeout`` seconds.
+            PeerDisconnected: ``source`` left before answering.
+            ConnectionLost: this client's connection dropped first.
+            PayloadTooLarge: the request or its answer exceeds the size limit.
+            TypeError: an argument cannot be encoded (nothing was sent).
+        """
+        return self._wait(self._core.request(source, route, kwargs), timeout)
+
+    def inform(self, data: Any, destinations: str | list[str] | tuple[str, ...] | None = None) -> None:
+        """Deliver ``data`` to the named clients, or to every other client; fire and forget.
+
+        Raises:
+            ClientNotReadyError: not connected or on hold.
+            TypeError: the data cannot be encoded (nothing was sent).
+            PayloadTooLarge: the message exceeds the size limit.
+        """
+        self._core.inform(data, destinations_list(destinations))
+
+    def ping(self, name: str | None = None, timeout: float = 5) -> bool:
+        """Return True if the hub (``name=None``) or the named client answers, False if it is not connected.
+
+        Raises:
+            ClientNotReadyError: this client is not connected.
+            RequestTimeout: no answer within ``timeout``.
+        """
+        return bool(self._wait(self._core.ping(name), timeout))
+
+    def peers(self, timeout: float = 5) -> list[str]:
+        """Return the sorted names of the other clients that are ready on the hub."""
+        return list(self._wait(self._core.call_hub("peers"), timeout))
+
+    def request_many(
+        self, route: str, sources: Iterable[str] | None = None, timeout: float = 60, **kwargs: Any
+    ) -> dict[str, Any]:
+        """Call ``route`` on several clients at once (every other client that has it when ``sources`` is None).
+
+        Returns:
+            ``{name: return value, or the WinerpError that ended that call}``, once every call
+            has ended and never later than ``timeout``.
+        """
+        gathering = self._core.request_many(route, sources, kwargs)
+        try:
+            return gathering.future.result(timeout)
+        except errors.WinerpError:
+            raise
+        except concurrent.futures.TimeoutError:
+            gathering.expire(timeout)
+            return gathering.future.result(1)
+
+    def _wait(self, call: Call, timeout: float) -> Any:
+        try:
+            return call.future.result(timeout)
+        except errors.WinerpError:
+            raise
+        except concurrent.futures.TimeoutError:
+            self._core.expire(call, timeout)
+            return call.future.result(0)
+        except BaseException:
+            self._core.forget(call)  # e.g. KeyboardInterrupt: a late answer is dropped
+            raise
+
+    # Host hooks, called by the core's reader thread
+
+    def run_route(
+        self,
+        handler: Callable[..., Any],
+        source: str,
+        kwargs: dict[str, Any],
+        finish: Callable[[Any, BaseException | None], None],
+    ) -> None:
+        """Run a route handler on the worker pool."""
+
+        def call() -> None:
+            try:
+                value = handler(source, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - reported to the caller
+                finish(None, exc)
+            else:
+                finish(value, None)
+
+        pool = self._executor("handler")
+        if pool is not None:
+            pool.submit(call)
+
+    def run_event(self, handler: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        """Run an event handler on the event thread, in order."""
+        pool = self._executor("event")
+        if pool is not None:
+            pool.submit(self._call_event, handler, args)
+
+    @staticmethod
+    def _call_event(handler: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        try:
+            handler(*args)
+        except Exception:
+            import logging
+
+            logging.getLogger(__name__).exception("event handler %r raised", getattr(handler, "__name__", handler))
+
+    def _executor(self, kind: str) -> concurrent.futures.ThreadPoolExecutor | None:
+        pool = self._pool if kind == "handler" else self._event_pool
+        if pool is not None:
+            return pool
+        with self._pools_lock:
+            if self._closed:
+                return None
+            if kind == "handler":
+                if self._pool is None:
+                    self._pool = concurrent.futures.ThreadPoolExecutor(
+                        self._handler_workers, thread_name_prefix=f"winerp-handler-{self.name}"
+                    )
+                return self._pool
+            if self._event_pool is None:
+                self._event_pool = concurrent.futures.ThreadPoolExecutor(
+                    1, thread_name_prefix=f"winerp-event-{self.name}"
+                )
+            return self._event_pool
