@@ -7,7 +7,10 @@ where user handlers run.
 
 from __future__ import annotations
 
+import concurrent.futures
+import logging
 import ssl
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
@@ -15,9 +18,91 @@ from . import errors
 from .core import Backoff, ClientCore
 from .hub import DEFAULT_HOST, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PORT
 
-__all__ = ["BaseClient", "destinations_list"]
+__all__ = ["BaseClient", "WorkerPools", "destinations_list", "call_route", "call_event"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+logger = logging.getLogger("winerp.client")
+
+
+def call_route(
+    handler: Callable[..., Any],
+    source: str,
+    kwargs: dict[str, Any],
+    finish: Callable[[Any, BaseException | None], None],
+) -> None:
+    """Run a plain route handler and report its outcome to ``finish``."""
+    try:
+        value = handler(source, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - reported to the caller
+        finish(None, exc)
+    else:
+        finish(value, None)
+
+
+def call_event(handler: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    """Run a plain event handler; what it raises is logged, never lost silently."""
+    try:
+        handler(*args)
+    except Exception:
+        logger.exception("event handler %r raised", getattr(handler, "__name__", handler))
+
+
+class WorkerPools:
+    """A client's worker threads: a pool for route handlers and one ordered event thread.
+
+    Created on first use, shut down once by `close`; after that no new work is accepted.
+    Thread-safe.
+    """
+
+    def __init__(self, name: str, handler_workers: int) -> None:
+        self._name = name
+        self._handler_workers = handler_workers
+        self._lock = threading.Lock()
+        self._handlers: concurrent.futures.ThreadPoolExecutor | None = None
+        self._events: concurrent.futures.ThreadPoolExecutor | None = None
+        self.closed = False
+
+    def handlers(self) -> concurrent.futures.ThreadPoolExecutor | None:
+        """The route handler pool, or None once closed."""
+        pool = self._handlers
+        if pool is None:
+            with self._lock:
+                if self._handlers is None and not self.closed:
+                    self._handlers = concurrent.futures.ThreadPoolExecutor(
+                        self._handler_workers, thread_name_prefix=f"winerp-handler-{self._name}"
+                    )
+                pool = self._handlers
+        return pool
+
+    def events(self) -> concurrent.futures.ThreadPoolExecutor | None:
+        """The single event thread (so events run in order), or None once closed."""
+        pool = self._events
+        if pool is None:
+            with self._lock:
+                if self._events is None and not self.closed:
+                    self._events = concurrent.futures.ThreadPoolExecutor(
+                        1, thread_name_prefix=f"winerp-event-{self._name}"
+                    )
+                pool = self._events
+        return pool
+
+    def close(self) -> Callable[[], None]:
+        """Accept no more work; return the call that joins the threads (run it where blocking is fine)."""
+        with self._lock:
+            self.closed = True
+            handlers, events = self._handlers, self._events
+            self._handlers = self._events = None
+        own = threading.current_thread().name.startswith((f"winerp-handler-{self._name}", f"winerp-event-{self._name}"))
+
+        def join() -> None:
+            # Handlers not yet started are dropped (their callers fail with the connection);
+            # queued events still run. A worker closing its own client must not wait for itself.
+            if handlers is not None:
+                handlers.shutdown(wait=not own, cancel_futures=True)
+            if events is not None:
+                events.shutdown(wait=not own)
+
+        return join
 
 
 def destinations_list(destinations: str | list[str] | tuple[str, ...] | None) -> list[str]:
@@ -43,6 +128,7 @@ class BaseClient:
             smaller one).
         backoff_initial: First reconnect delay, in seconds.
         backoff_max: Cap on the reconnect delay, in seconds.
+        handler_workers: Most plain route handlers running at once.
     """
 
     def __init__(
@@ -57,6 +143,7 @@ class BaseClient:
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         backoff_initial: float = 0.1,
         backoff_max: float = 3.0,
+        handler_workers: int = 32,
     ) -> None:
         self._core = ClientCore(
             local_name,
@@ -69,6 +156,7 @@ class BaseClient:
             max_message_size=max_message_size,
             backoff=Backoff(backoff_initial, backoff_max),
         )
+        self._workers = WorkerPools(local_name, handler_workers)
 
     def __repr__(self) -> str:
         state = "ready" if self.is_ready else "on hold" if self.on_hold else "not ready"

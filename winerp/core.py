@@ -114,7 +114,7 @@ class Backoff:
 class Call:
     """One request in flight: its id and the future that ends it exactly once."""
 
-    __slots__ = ("id", "future")
+    __slots__ = ("future", "id")
 
     def __init__(self, request_id: int, future: concurrent.futures.Future[Any]) -> None:
         self.id = request_id
@@ -141,7 +141,11 @@ class Gathering:
             return
         with self._lock:
             self._calls[name] = call
-        call.future.add_done_callback(lambda f, name=name: self._settle(name, _outcome(f)))
+
+        def _ended(future: concurrent.futures.Future[Any]) -> None:
+            self._settle(name, _outcome(future))
+
+        call.future.add_done_callback(_ended)
 
     def _expect(self, count: int) -> None:
         with self._lock:
@@ -207,6 +211,7 @@ class _Connection:
     def __init__(self, ws: websocket.WebSocket, protocol: ClientProtocol) -> None:
         self.ws = ws
         self.protocol = protocol
+        assert ws.sock is not None
         self.sock: socket.socket = ws.sock
         self.queue: collections.deque[bytes] = collections.deque()
         self.write_lock = threading.Lock()
@@ -265,6 +270,7 @@ class ClientCore:
         self._state = ClientState.CONNECTING
         self._authorized = False
         self._ready = threading.Event()
+        self._ready_waiters: list[concurrent.futures.Future[None]] = []
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
         self._start_future: concurrent.futures.Future[None] | None = None
@@ -294,6 +300,16 @@ class ClientCore:
     def wait_until_ready(self, timeout: float | None) -> bool:
         """Block until ready; return False on timeout. For the sync facade."""
         return self._ready.wait(timeout)
+
+    def ready_future(self) -> concurrent.futures.Future[None]:
+        """A future that ends when the client is next ready (at once if it is now)."""
+        future: concurrent.futures.Future[None] = concurrent.futures.Future()
+        with self._lock:
+            if self._ready.is_set():
+                future.set_result(None)
+            else:
+                self._ready_waiters.append(future)
+        return future
 
     # lifecycle
 
@@ -332,6 +348,10 @@ class ClientCore:
         if self._start_future is not None:
             _resolve(self._start_future, error=errors.ClientNotReadyError("the client was closed while starting"))
         self._fail_pending(errors.ConnectionLost("the client was closed"))
+        with self._lock:
+            waiters, self._ready_waiters = self._ready_waiters, []
+        for waiter in waiters:
+            _resolve(waiter, error=errors.ClientNotReadyError("the client was closed"))
 
     # routes and events
 
@@ -400,9 +420,9 @@ class ClientCore:
         connection = self._live()
         self._send(connection, connection.protocol.inform(data, peers))
 
-    def call_hub(self, route: str, **kwargs: Any) -> Call:
+    def call_hub(self, route: str, args: dict[str, Any] | None = None) -> Call:
         """Call one of the hub's own routes (``peers``, ``routes``, ``status``)."""
-        return self.request(HUB, route, kwargs)
+        return self.request(HUB, route, args or {})
 
     def request_many(self, route: str, sources: Iterable[str] | None, kwargs: dict[str, Any]) -> Gathering:
         """Call ``route`` on several clients at once (every one that has it when ``sources`` is None)."""
@@ -420,7 +440,7 @@ class ClientCore:
             self._live()
             _launch(list(dict.fromkeys(sources)))
             return gathering
-        lookup = self.call_hub("routes", route=route)
+        lookup = self.call_hub("routes", {"route": route})
 
         def _looked_up(future: concurrent.futures.Future[Any]) -> None:
             error = future.exception()
@@ -582,7 +602,7 @@ class ClientCore:
                     if beat is not None:
                         self._send(connection, beat)
                     next_beat = now + protocol.heartbeat / 4
-                if not (is_tls and sock.pending()):
+                if not (is_tls and sock.pending()):  # type: ignore[attr-defined]
                     readable, _, _ = select.select([sock], [], [], protocol.heartbeat / 4)
                     if not readable:
                         continue
@@ -638,7 +658,11 @@ class ClientCore:
             logger.warning("client name %r is taken; this client is on hold until it is free", self.name)
             _resolve(start_future)
             return False
-        self._ready.set()
+        with self._lock:
+            self._ready.set()
+            waiters, self._ready_waiters = self._ready_waiters, []
+        for waiter in waiters:
+            _resolve(waiter)
         _resolve(start_future)
         self.emit("on_winerp_ready")
         return True
@@ -674,7 +698,7 @@ class ClientCore:
         self._fail_pending(errors.ConnectionLost(reason))
         if self._thread is threading.current_thread() or self._closing.is_set():
             try:
-                connection.ws.shutdown()
+                connection.ws.shutdown()  # type: ignore[no-untyped-call]
             except Exception:  # noqa: BLE001
                 pass
 
@@ -735,4 +759,3 @@ class _PingCall(Call):
 
     def __init__(self, inner: Call, answer: concurrent.futures.Future[bool]) -> None:
         super().__init__(inner.id, answer)
-

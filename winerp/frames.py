@@ -64,7 +64,7 @@ class ErrorCode(enum.IntEnum):
     TOO_MANY_PENDING = 8
 
 
-class _Frame(Struct, array_like=True, tag=True, frozen=True):
+class _Frame(Struct, array_like=True, tag=True):
     """Common base: array-encoded, tagged with a small integer."""
 
 
@@ -162,12 +162,10 @@ class Presence(_Frame, tag=11):
     joined: bool
 
 
-Frame = Union[
-    Hello, Welcome, AddRoutes, Request, Response, Failure, Inform, Information, Ping, Pong, Presence
-]
+Frame = Union[Hello, Welcome, AddRoutes, Request, Response, Failure, Inform, Information, Ping, Pong, Presence]
 
 _frame_encoder: Final = msgspec.msgpack.Encoder()
-_frame_decoder: Final = msgspec.msgpack.Decoder(Frame)  # type: ignore[var-annotated]
+_frame_decoder: Final = msgspec.msgpack.Decoder(Frame)
 
 
 def encode_frame(frame: Frame) -> bytes:
@@ -201,7 +199,7 @@ def _decode_ext(code: int, data: memoryview) -> Any:
     raise ValueError(f"unknown msgpack extension type {code}")
 
 
-_value_decoder: Final = msgspec.msgpack.Decoder(ext_hook=_decode_ext)  # type: ignore[var-annotated]
+_value_decoder: Final = msgspec.msgpack.Decoder(ext_hook=_decode_ext)
 
 _INT64_MIN: Final = -(2**63)
 _UINT64_MAX: Final = 2**64 - 1

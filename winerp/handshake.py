@@ -85,9 +85,7 @@ def _tokens(value: str) -> list[str]:
     return [item.strip().lower() for item in value.split(",") if item.strip()]
 
 
-def admit(
-    head: bytes, *, token: str | None, allowed_origins: Collection[str] | None
-) -> Admission | Refusal:
+def admit(head: bytes, *, token: str | None, allowed_origins: Collection[str] | None) -> Admission | Refusal:
     """Decide whether an HTTP request head may become a winerp connection.
 
     Args:

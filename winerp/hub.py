@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import simple_websocket
 from wsproto import ConnectionType
-from wsproto.events import BytesMessage, CloseConnection, TextMessage
+from wsproto.events import BytesMessage, TextMessage
 
 from . import errors, handshake
 from .frames import SUBPROTOCOL
@@ -318,7 +318,9 @@ class HubConnection(simple_websocket.ws.Base):  # type: ignore[misc]
         self.outbox.close()
 
     def _overflowed(self) -> None:
-        logger.warning("client %r is not reading: backlog over %d bytes, disconnecting", self.session.name, self.hub.outbox_limit)
+        logger.warning(
+            "client %r is not reading: backlog over %d bytes, disconnecting", self.session.name, self.hub.outbox_limit
+        )
         try:
             self.raw_socket.send(_close_frame(CLOSE_OVERLOADED, "too slow: outbound backlog full"), _MSG_DONTWAIT)
         except OSError:
@@ -465,7 +467,7 @@ class Hub:
         """
         if not self._started:
             self.start()
-        previous: dict[int, Any] = {}
+        previous: dict[signal.Signals, Any] = {}
         if threading.current_thread() is threading.main_thread():
 
             def _on_signal(signum: int, frame: types.FrameType | None) -> None:

@@ -61,7 +61,7 @@ __all__ = [
 
 Message = Union[bytes, str]
 MAX_NAME_LENGTH = 128
-_NAME_PATTERN = re.compile(r"[^\x00-\x1f\x7f]{1,%d}" % MAX_NAME_LENGTH)
+_NAME_PATTERN = re.compile(rf"[^\x00-\x1f\x7f]{{1,{MAX_NAME_LENGTH}}}")
 
 
 class Undeliverable(Exception):
@@ -97,6 +97,15 @@ class NativeCodec:
         return [encode_frame(frame)]
 
 
+_ERROR_CLASSES: dict[int, type[errors.WinerpError]] = {
+    ErrorCode.DESTINATION_NOT_FOUND: errors.DestinationNotFound,
+    ErrorCode.ROUTE_NOT_FOUND: errors.RouteNotFound,
+    ErrorCode.PEER_DISCONNECTED: errors.PeerDisconnected,
+    ErrorCode.PAYLOAD_TOO_LARGE: errors.PayloadTooLarge,
+    ErrorCode.NOT_READY: errors.ClientNotReadyError,
+}
+
+
 def error_from_failure(failure: Failure) -> errors.WinerpError:
     """Turn a `Failure` frame into the exception its caller should see."""
     code, message = failure.code, failure.message
@@ -107,14 +116,7 @@ def error_from_failure(failure: Failure) -> errors.WinerpError:
             remote_message=failure.message,
             remote_traceback=failure.traceback,
         )
-    error_class: type[errors.WinerpError] = {
-        ErrorCode.DESTINATION_NOT_FOUND: errors.DestinationNotFound,
-        ErrorCode.ROUTE_NOT_FOUND: errors.RouteNotFound,
-        ErrorCode.PEER_DISCONNECTED: errors.PeerDisconnected,
-        ErrorCode.PAYLOAD_TOO_LARGE: errors.PayloadTooLarge,
-        ErrorCode.NOT_READY: errors.ClientNotReadyError,
-    }.get(code, errors.WinerpError)
-    return error_class(message)
+    return _ERROR_CLASSES.get(code, errors.WinerpError)(message)
 
 
 # --- client --------------------------------------------------------------------------------
@@ -222,9 +224,7 @@ class ClientProtocol:
 
     def route_not_found(self, request: Request) -> bytes:
         """Return the frame telling the caller that this client has no such route."""
-        return self._failure(
-            request, ErrorCode.ROUTE_NOT_FOUND, f"client {self.name!r} has no route {request.route!r}"
-        )
+        return self._failure(request, ErrorCode.ROUTE_NOT_FOUND, f"client {self.name!r} has no route {request.route!r}")
 
     def pong(self, ping: Ping) -> bytes:
         """Return the answer to a ping from another client."""
@@ -522,7 +522,9 @@ class Router:
                 f"client {request.peer!r} has no route {request.route!r}",
             )
             return
-        self._forward(out, session, destination, request.id, Request(request.id, session.name, request.route, request.args))
+        self._forward(
+            out, session, destination, request.id, Request(request.id, session.name, request.route, request.args)
+        )
 
     def _route_ping(self, session: Session, ping: Ping, out: Output) -> None:
         if ping.peer == HUB:
@@ -597,7 +599,9 @@ class Router:
             ]
             result.sort()
         else:
-            self._fail(out, session, request.id, HUB, ErrorCode.ROUTE_NOT_FOUND, f"the hub has no route {request.route!r}")
+            self._fail(
+                out, session, request.id, HUB, ErrorCode.ROUTE_NOT_FOUND, f"the hub has no route {request.route!r}"
+            )
             return
         self._send(out, session, Response(request.id, HUB, Raw(encode_value(result))))
 

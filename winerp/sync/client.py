@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import concurrent.futures
-import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from .. import errors
-from ..client import BaseClient, destinations_list
+from ..client import BaseClient, call_event, call_route, destinations_list
 from ..core import Call
 
 __all__ = ["Client"]
@@ -25,31 +24,14 @@ class Client(BaseClient):
         local_name: This client's unique name on the hub.
         host: Hub address.
         port: Hub port.
-        handler_workers: Most route handlers running at once.
         **options: See `winerp.client.BaseClient` (``reconnect``, ``token``, ``ssl_context``,
-            ``max_message_size`` ...).
+            ``max_message_size``, ``handler_workers`` ...).
 
     Example::
 
         with Client("worker", port=13254) as client:
             print(client.request("get_user", "bot", user_id=1))
     """
-
-    def __init__(
-        self,
-        local_name: str,
-        host: str = "127.0.0.1",
-        port: int = 13254,
-        *,
-        handler_workers: int = 32,
-        **options: Any,
-    ) -> None:
-        super().__init__(local_name, host, port, **options)
-        self._handler_workers = handler_workers
-        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
-        self._event_pool: concurrent.futures.ThreadPoolExecutor | None = None
-        self._pools_lock = threading.Lock()
-        self._closed = False
 
     # lifecycle
 
@@ -75,16 +57,7 @@ class Client(BaseClient):
     def close(self) -> None:
         """Leave the hub; requests in flight fail with `ConnectionLost`. Idempotent."""
         self._core.close()
-        with self._pools_lock:
-            self._closed = True
-            pools = [(self._pool, True), (self._event_pool, False)]
-            self._pool = self._event_pool = None
-        current = threading.current_thread().name
-        for pool, cancel in pools:
-            if pool is not None:
-                # A handler or event handler that closes its own client must not wait for itself.
-                own = current.startswith((f"winerp-handler-{self.name}", f"winerp-event-{self.name}"))
-                pool.shutdown(wait=not own, cancel_futures=cancel)
+        self._workers.close()()
 
     def __enter__(self) -> Client:
         self.start()
@@ -174,49 +147,12 @@ class Client(BaseClient):
         finish: Callable[[Any, BaseException | None], None],
     ) -> None:
         """Run a route handler on the worker pool."""
-
-        def call() -> None:
-            try:
-                value = handler(source, **kwargs)
-            except Exception as exc:  # noqa: BLE001 - reported to the caller
-                finish(None, exc)
-            else:
-                finish(value, None)
-
-        pool = self._executor("handler")
+        pool = self._workers.handlers()
         if pool is not None:
-            pool.submit(call)
+            pool.submit(call_route, handler, source, kwargs, finish)
 
     def run_event(self, handler: Callable[..., Any], args: tuple[Any, ...]) -> None:
         """Run an event handler on the event thread, in order."""
-        pool = self._executor("event")
+        pool = self._workers.events()
         if pool is not None:
-            pool.submit(self._call_event, handler, args)
-
-    @staticmethod
-    def _call_event(handler: Callable[..., Any], args: tuple[Any, ...]) -> None:
-        try:
-            handler(*args)
-        except Exception:
-            import logging
-
-            logging.getLogger(__name__).exception("event handler %r raised", getattr(handler, "__name__", handler))
-
-    def _executor(self, kind: str) -> concurrent.futures.ThreadPoolExecutor | None:
-        pool = self._pool if kind == "handler" else self._event_pool
-        if pool is not None:
-            return pool
-        with self._pools_lock:
-            if self._closed:
-                return None
-            if kind == "handler":
-                if self._pool is None:
-                    self._pool = concurrent.futures.ThreadPoolExecutor(
-                        self._handler_workers, thread_name_prefix=f"winerp-handler-{self.name}"
-                    )
-                return self._pool
-            if self._event_pool is None:
-                self._event_pool = concurrent.futures.ThreadPoolExecutor(
-                    1, thread_name_prefix=f"winerp-event-{self.name}"
-                )
-            return self._event_pool
+            pool.submit(call_event, handler, args)

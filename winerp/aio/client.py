@@ -1,0 +1,237 @@
+"""The asyncio client: awaits the core's futures; handlers run on the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import threading
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any
+
+from .. import errors
+from ..client import BaseClient, call_event, call_route, destinations_list
+from ..core import Call
+
+__all__ = ["Client"]
+
+logger = logging.getLogger(__name__)
+
+
+class Client(BaseClient):
+    """An asyncio winerp client, for bots and async web apps.
+
+    The same methods as `winerp.sync.Client`, awaited. Call them from the event loop that
+    started the client. Route and event handlers may be coroutine functions, run as tasks
+    on that loop, or plain functions, run in worker threads so a blocking handler never
+    blocks the loop. Events arrive in order.
+
+    Args:
+        local_name: This client's unique name on the hub.
+        host: Hub address.
+        port: Hub port.
+        **options: See `winerp.client.BaseClient` (``reconnect``, ``token``, ``ssl_context``,
+            ``max_message_size``, ``handler_workers`` ...).
+
+    Example::
+
+        async with Client("bot", port=13254) as client:
+            print(await client.request("get_user", "dashboard", user_id=1))
+    """
+
+    def __init__(self, local_name: str, host: str = "127.0.0.1", port: int = 13254, **options: Any) -> None:
+        super().__init__(local_name, host, port, **options)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # lifecycle
+
+    async def start(self, timeout: float = 10.0) -> None:
+        """Connect, register the name and routes; return once ready (or on hold).
+
+        ``asyncio.create_task(client.start())`` followed by ``await client.wait_until_ready()``
+        works too (the winerp 1.x way).
+
+        Raises:
+            HubUnreachable: no hub accepted the connection within ``timeout``.
+            UnauthorizedError: the hub refused the token (never retried).
+            RequestTimeout: the hub did not answer within ``timeout``.
+        """
+        self._loop = asyncio.get_running_loop()
+        await asyncio.wrap_future(self._core.start(timeout))
+
+    async def wait_until_ready(self, timeout: float | None = None) -> None:
+        """Wait until the client is ready.
+
+        Raises:
+            RequestTimeout: not ready within ``timeout``.
+        """
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(self._core.ready_future()), timeout)
+        except asyncio.TimeoutError:
+            raise errors.RequestTimeout(f"client {self.name!r} not ready within {timeout} s") from None
+
+    async def close(self) -> None:
+        """Leave the hub; requests in flight fail with `ConnectionLost`. Idempotent."""
+        self._core.close()
+        join_workers = self._workers.close()
+        current = asyncio.current_task()
+        for task in list(self._tasks):
+            if task is not current:
+                task.cancel()
+        # Joining worker threads blocks: do it off the loop, and wait for it here, so no
+        # thread of this client outlives close().
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def join() -> None:
+            join_workers()
+            loop.call_soon_threadsafe(_set_once, done)
+
+        threading.Thread(target=join, name=f"winerp-close-{self.name}", daemon=True).start()
+        await done
+
+    async def __aenter__(self) -> Client:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # calls
+
+    async def request(self, route: str, source: str, timeout: float = 60, **kwargs: Any) -> Any:
+        """Call ``route`` on the client named ``source`` and return what its handler returns.
+
+        Raises:
+            ClientNotReadyError: not connected or on hold (raised at once).
+            DestinationNotFound: no client of that name is connected.
+            RouteNotFound: that client has no such route.
+            ClientRuntimeError: the remote handler raised.
+            RequestTimeout: no answer within ``timeout`` seconds.
+            PeerDisconnected: ``source`` left before answering.
+            ConnectionLost: this client's connection dropped first.
+            PayloadTooLarge: the request or its answer exceeds the size limit.
+            TypeError: an argument cannot be encoded (nothing was sent).
+        """
+        return await self._wait(self._core.request(source, route, kwargs), timeout)
+
+    async def inform(self, data: Any, destinations: str | list[str] | tuple[str, ...] | None = None) -> None:
+        """Deliver ``data`` to the named clients, or to every other client; fire and forget.
+
+        Raises:
+            ClientNotReadyError: not connected or on hold.
+            TypeError: the data cannot be encoded (nothing was sent).
+            PayloadTooLarge: the message exceeds the size limit.
+        """
+        self._core.inform(data, destinations_list(destinations))
+
+    async def ping(self, name: str | None = None, timeout: float = 5) -> bool:
+        """Return True if the hub (``name=None``) or the named client answers, False if it is not connected.
+
+        Raises:
+            ClientNotReadyError: this client is not connected.
+            RequestTimeout: no answer within ``timeout``.
+        """
+        return bool(await self._wait(self._core.ping(name), timeout))
+
+    async def peers(self, timeout: float = 5) -> list[str]:
+        """Return the sorted names of the other clients that are ready on the hub."""
+        return list(await self._wait(self._core.call_hub("peers"), timeout))
+
+    async def request_many(
+        self, route: str, sources: Iterable[str] | None = None, timeout: float = 60, **kwargs: Any
+    ) -> dict[str, Any]:
+        """Call ``route`` on several clients at once (every other client that has it when ``sources`` is None).
+
+        Returns:
+            ``{name: return value, or the WinerpError that ended that call}``, once every call
+            has ended and never later than ``timeout``.
+        """
+        gathering = self._core.request_many(route, sources, kwargs)
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(timeout, gathering.expire, timeout)
+        try:
+            return await asyncio.wrap_future(gathering.future)
+        finally:
+            timer.cancel()
+
+    async def _wait(self, call: Call, timeout: float) -> Any:
+        loop = asyncio.get_running_loop()
+        # The timer ends the core's future itself, so no wait_for task is needed.
+        timer = loop.call_later(timeout, self._core.expire, call, timeout)
+        try:
+            return await asyncio.wrap_future(call.future, loop=loop)
+        except asyncio.CancelledError:
+            self._core.forget(call)  # the late answer is dropped quietly
+            raise
+        finally:
+            timer.cancel()
+
+    # Host hooks, called by the core's reader thread
+
+    def run_route(
+        self,
+        handler: Callable[..., Any],
+        source: str,
+        kwargs: dict[str, Any],
+        finish: Callable[[Any, BaseException | None], None],
+    ) -> None:
+        """Run a coroutine handler on the loop, a plain one in a worker thread."""
+        if inspect.iscoroutinefunction(handler):
+
+            async def call_async() -> None:
+                try:
+                    value = await handler(source, **kwargs)
+                except Exception as exc:  # noqa: BLE001 - reported to the caller
+                    finish(None, exc)
+                else:
+                    finish(value, None)
+
+            if not self._spawn(call_async):
+                finish(None, errors.ClientNotReadyError(f"client {self.name!r} has no running event loop"))
+            return
+
+        pool = self._workers.handlers()
+        if pool is None:
+            finish(None, errors.ClientNotReadyError(f"client {self.name!r} is closed"))
+        else:
+            pool.submit(call_route, handler, source, kwargs, finish)
+
+    def run_event(self, handler: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        """Run an event handler: coroutines as tasks on the loop, plain functions on the event thread."""
+        if inspect.iscoroutinefunction(handler):
+
+            async def call_async() -> None:
+                try:
+                    await handler(*args)
+                except Exception:
+                    logger.exception("event handler %r raised", handler.__name__)
+
+            self._spawn(call_async)
+            return
+        pool = self._workers.events()
+        if pool is not None:
+            pool.submit(call_event, handler, args)
+
+    def _spawn(self, coroutine_function: Callable[[], Coroutine[Any, Any, None]]) -> bool:
+        """Start a task on the client's loop from any thread; False if the loop is gone."""
+        loop = self._loop
+        if loop is None or loop.is_closed() or self._workers.closed:
+            return False
+
+        def create() -> None:
+            task = loop.create_task(coroutine_function())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        try:
+            loop.call_soon_threadsafe(create)
+        except RuntimeError:  # closed between the check and the call
+            return False
+        return True
+
+
+def _set_once(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
