@@ -1,0 +1,145 @@
+"""Command line: ``winerp`` (1.x compatible), ``winerp-hub`` and ``python -m winerp``.
+
+``winerp --port N`` runs a hub, as winerp 1.x did; ``winerp hub``, ``winerp demo`` and
+``winerp status`` are sub-commands. ``winerp-hub`` is ``winerp hub``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import ssl
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from . import __version__
+from .errors import WinerpError
+from .hub import DEFAULT_HOST, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PORT, Hub
+
+__all__ = ["main", "hub_main"]
+
+
+def _hub_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to bind (default {DEFAULT_PORT})")
+    parser.add_argument("--token", default=None, help="shared secret clients must present (default: $WINERP_TOKEN)")
+    parser.add_argument("--certfile", default=None, help="TLS certificate (PEM): serve wss://")
+    parser.add_argument("--keyfile", default=None, help="TLS private key (PEM), with --certfile")
+    parser.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="let browser handshakes from ORIGIN in (repeatable); others get 403",
+    )
+    parser.add_argument(
+        "--max-message-size",
+        type=int,
+        default=DEFAULT_MAX_MESSAGE_SIZE,
+        help=f"largest message in bytes (default {DEFAULT_MAX_MESSAGE_SIZE})",
+    )
+    parser.add_argument("--heartbeat", type=float, default=1.0, help="client heartbeat interval in seconds")
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level (default INFO)"
+    )
+
+
+def _run_hub(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    context = None
+    if args.certfile:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(args.certfile, args.keyfile)
+    hub = Hub(
+        args.host,
+        args.port,
+        token=args.token,
+        ssl_context=context,
+        allowed_origins=args.allow_origin,
+        max_message_size=args.max_message_size,
+        heartbeat=args.heartbeat,
+    )
+    try:
+        hub.start()
+    except OSError as exc:
+        print(f"winerp: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    print(f"winerp hub {__version__} listening on {args.host}:{hub.port} (Ctrl-C to stop)", flush=True)
+    hub.serve_forever()
+    return 0
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    from .sync import Client
+
+    name = f"winerp-status-{os.getpid()}"
+    try:
+        with Client(name, args.host, args.port, token=args.token, reconnect=False) as client:
+            status: dict[str, Any] = client._core.call_hub("status").future.result(5)
+    except (WinerpError, TimeoutError) as exc:
+        print(f"winerp: no hub answered at {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    status["clients"] = [c for c in status["clients"] if c["name"] != name]
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    print(
+        f"hub {args.host}:{args.port}: {len(status['clients'])} client(s), {status['messages_routed']} messages routed"
+    )
+    for c in status["clients"]:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c["connected_since"]))
+        routes = ", ".join(c["routes"]) if c["routes"] is not None else "(1.x client: routes unknown)"
+        print(
+            f"  {c['name']:<24} {c['state']:<6} since {since}  in {c['messages_in']} msg/{c['bytes_in']} B"
+            f"  out {c['messages_out']} msg/{c['bytes_out']} B  routes: {routes}"
+        )
+    return 0
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args.port)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``winerp`` and ``python -m winerp``."""
+    parser = argparse.ArgumentParser(
+        prog="winerp",
+        description="winerp: a websocket hub that routes requests and informs between named Python processes. "
+        "With no sub-command, runs a hub (winerp 1.x compatible: winerp --port 13254).",
+    )
+    parser.add_argument("--version", action="version", version=f"winerp {__version__}")
+    _hub_options(parser)
+    commands = parser.add_subparsers(dest="command", metavar="{hub,demo,status}")
+    hub_parser = commands.add_parser("hub", help="run a hub in the foreground (the default)")
+    _hub_options(hub_parser)
+    demo = commands.add_parser("demo", help="run a hub and two clients (sync and asyncio) that talk")
+    demo.add_argument("--port", type=int, default=0, help="hub port (default: any free port)")
+    status = commands.add_parser("status", help="print the clients connected to a hub and its counters")
+    status.add_argument("--host", default=DEFAULT_HOST)
+    status.add_argument("--port", type=int, default=DEFAULT_PORT)
+    status.add_argument("--token", default=None)
+    status.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        return _run_demo(args)
+    if args.command == "status":
+        return _run_status(args)
+    return _run_hub(args)
+
+
+def hub_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``winerp-hub``."""
+    parser = argparse.ArgumentParser(prog="winerp-hub", description="Run a winerp hub in the foreground.")
+    parser.add_argument("--version", action="version", version=f"winerp {__version__}")
+    _hub_options(parser)
+    return _run_hub(parser.parse_args(argv))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
