@@ -7,7 +7,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -36,10 +36,10 @@ def python_process(code: str, *args: str) -> subprocess.Popen[str]:
     )
 
 
-def wait_for(predicate: "object", timeout: float = 10.0, interval: float = 0.01) -> None:
+def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.01) -> None:
     """Wait until ``predicate()`` is true; fail the test after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
+    while not predicate():
         if time.monotonic() > deadline:
             pytest.fail(f"condition not met within {timeout} s")
         time.sleep(interval)
