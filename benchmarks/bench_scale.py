@@ -36,6 +36,7 @@ import asyncio
 import base64
 import json
 import os
+import queue
 import random
 import statistics
 import struct
@@ -184,20 +185,34 @@ class RawIdleClient:
 async def idle_raw(port: int, first: int, count: int) -> None:
     clients = [RawIdleClient(f"idle-{i}", port) for i in range(first, first + count)]
     gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
+    all_connected = asyncio.Event()
+    connected = 0
     t0 = time.monotonic()
 
-    async def connect(c: RawIdleClient) -> float:
+    async def live(c: RawIdleClient) -> None:
+        nonlocal connected
         async with gate:
-            return await asyncio.wait_for(c.connect(), 60)
-
-    beats = await asyncio.gather(*(connect(c) for c in clients))
-    B.say("READY", {"connected": len(clients), "seconds": round(time.monotonic() - t0, 2)})
-
-    async def keep(c: RawIdleClient, heartbeat: float) -> None:
+            heartbeat = await asyncio.wait_for(c.connect(), 60)
+        connected += 1
+        if connected == len(clients):
+            all_connected.set()
+        # Serve at once: a client that waited for the others would miss its heartbeats and
+        # leave the hub's presence broadcasts unread.
         await c.serve(heartbeat)
         B.say("LOST", {"name": c.name, "why": c.lost})
 
-    await asyncio.gather(*(keep(c, beats[i]) for i, c in enumerate(clients)))
+    tasks = {asyncio.create_task(live(c)) for c in clients}
+    waiter = asyncio.create_task(all_connected.wait())
+    running = set(tasks)
+    while not all_connected.is_set():
+        done, running = await asyncio.wait({waiter, *running}, return_when=asyncio.FIRST_COMPLETED)
+        running.discard(waiter)
+        for t in done:
+            exc = None if t is waiter else t.exception()
+            if exc is not None:
+                raise exc  # a failed connect ends the process, with its traceback
+    B.say("READY", {"connected": len(clients), "seconds": round(time.monotonic() - t0, 2)})
+    await asyncio.gather(*tasks)
     await asyncio.sleep(B.CHILD_MAX_S)
 
 
@@ -259,7 +274,7 @@ def drain_lost(child: Any) -> list[dict[str, Any]]:
     while True:
         try:
             line = child.lines.get_nowait()
-        except Exception:
+        except queue.Empty:
             return out
         if line is None:
             out.append({"name": child.name, "why": f"idle process exited rc={child.proc.poll()}"})
@@ -347,9 +362,7 @@ def one_run(run: int, sizes: list[int], args: argparse.Namespace) -> list[dict[s
                 def small() -> Any:
                     return client.request("get_user", "responder", timeout=B.REQ_TIMEOUT_S, user_id=123)
 
-                samples = B.rtt_sync(
-                    small, B.RTT_N, B.RTT_WARMUP, B.RTT_MAX_S, check=lambda r: r == B.SMALL_RESP
-                )
+                samples = B.rtt_sync(small, B.RTT_N, B.RTT_WARMUP, B.RTT_MAX_S, check=lambda r: r == B.SMALL_RESP)
                 row["rtt_us"] = B.summarize_ns(samples)
                 row["rtt_n"] = len(samples)
                 for p in idle_procs:
@@ -472,7 +485,7 @@ def main() -> int:
     for run in range(args.runs):
         try:
             rows.extend(one_run(run, sizes, args))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - recorded; the next run may still work
             problems.append(f"run {run}: {type(exc).__name__}: {str(exc)[:500]}")
             B.log(problems[-1])
     summary = summarize(rows, sizes)

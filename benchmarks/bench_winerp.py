@@ -156,14 +156,13 @@ def inflight_threads(call: Callable[[], Any], inflight: int, max_n: int, max_s: 
             while next(tickets) < max_n and time.perf_counter() < deadline[0]:
                 call()
                 n += 1
-        except BaseException as exc:  # reported by the caller
+        except Exception as exc:  # noqa: BLE001 - re-raised by the caller
             errors.append(exc)
         finally:
             done[slot] = n
 
     threads = [
-        threading.Thread(target=worker, args=(i,), name=f"bench-inflight-{i}", daemon=True)
-        for i in range(inflight)
+        threading.Thread(target=worker, args=(i,), name=f"bench-inflight-{i}", daemon=True) for i in range(inflight)
     ]
     for t in threads:
         t.start()
@@ -244,9 +243,7 @@ async def run_requester_aio(port: int, responder: Any, res: Any, cpu: CpuLedger)
 
         with B.phase(res, "rtt_small"):
             cpu.start("rtt_small")
-            s = await B.rtt_async(
-                small, B.RTT_N, B.RTT_WARMUP, B.RTT_MAX_S, check=lambda r: r == B.SMALL_RESP
-            )
+            s = await B.rtt_async(small, B.RTT_N, B.RTT_WARMUP, B.RTT_MAX_S, check=lambda r: r == B.SMALL_RESP)
             cpu.stop()
             res["rtt_small_us"] = B.summarize_ns(s)
             res.note(f"rtt_small n={len(s)}")
@@ -302,7 +299,7 @@ def run_variant(variant: str) -> None:
             mem = bs.proc_mem_mb(hub.pid)
             res.note(f"hub at the end: rss {mem.get('rss')} MB, {mem.get('threads')} threads")
             res.note(cpu.note())
-        except Exception as exc:  # a setup failure still emits a line
+        except Exception as exc:  # noqa: BLE001 - a setup failure still emits a line
             res.note(f"FAILED: {type(exc).__name__}: {str(exc)[:300]}")
     res.emit()
 

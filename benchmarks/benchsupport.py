@@ -67,6 +67,10 @@ def load_winerp() -> ModuleType:
         sys.exit(f"cannot import winerp.sync from this checkout: {exc}")
     if not hasattr(winerp, "Hub") or not hasattr(sync, "Client"):
         sys.exit("this checkout's winerp has no Hub or sync.Client yet")
+    try:
+        importlib.import_module("winerp.aio")  # so that winerp.aio.Client resolves
+    except ImportError:
+        pass  # the aio variant then fails alone, with its reason in the notes
     version = str(getattr(winerp, "__version__", "?"))
     if version.startswith("1."):
         sys.exit(f"imported winerp {version} (1.x) instead of this checkout's: run with the project venv")

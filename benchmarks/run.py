@@ -89,7 +89,7 @@ def legacy_python() -> tuple[str | None, str]:
         spec.loader.exec_module(mod)
         try:
             return str(mod.legacy_python()), "tests/legacy_env.py"
-        except Exception as exc:  # fall back to the anchors' venv
+        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:  # fall back to the anchors' venv
             log(f"tests/legacy_env.py could not provide winerp 1.5.0: {type(exc).__name__}: {exc}")
     py = ANCHORS_VENV / "bin" / "python"
     if py.exists():
@@ -105,13 +105,12 @@ def anchors_python() -> str | None:
 # --- running one script ------------------------------------------------------------------------
 
 
-def run_script(
-    python: str, script: Path, args: list[str], timeout: float
-) -> tuple[list[dict[str, Any]], str]:
+def run_script(python: str, script: Path, args: list[str], timeout: float) -> tuple[list[dict[str, Any]], str]:
     """Run a harness-style script; return its JSON lines and, on failure, its stderr tail."""
-    env = dict(os.environ)
+    # Only the harness on the path: the winerp 1.5.0 interpreter must never see this checkout.
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     harness = str(bs.harness_dir())
-    env["PYTHONPATH"] = harness + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONPATH"] = harness
     try:
         proc = subprocess.run(
             [python, str(script), *args],
@@ -217,9 +216,7 @@ def table(med: dict[str, dict[str, float | None]]) -> str:
                 continue
             cells = [fmt(ratio(med, k, s, base), 2) for k in METRICS]
             short = "1.5.0" if base == LEGACY else "NATS"
-            rows.append(
-                f"| {s} ÷ {short} | | " + " | ".join(c + ("x" if c != "-" else "") for c in cells) + " |"
-            )
+            rows.append(f"| {s} ÷ {short} | | " + " | ".join(c + ("x" if c != "-" else "") for c in cells) + " |")
     return "\n".join(rows)
 
 
@@ -246,9 +243,7 @@ def main() -> int:
         help="comma-separated subset of sync,aio,legacy,nats (default: all; nats only if available)",
     )
     ap.add_argument("--timeout", type=float, default=240.0, help="seconds per script run (default 240)")
-    ap.add_argument(
-        "--out", type=Path, default=None, help="JSON output file (default benchmarks/results/...)"
-    )
+    ap.add_argument("--out", type=Path, default=None, help="JSON output file (default benchmarks/results/...)")
     args = ap.parse_args()
     if args.quick:
         os.environ["BENCH_QUICK"] = "1"
@@ -287,10 +282,7 @@ def main() -> int:
         for label, py, script, sargs in jobs[k:] + jobs[:k]:
             t0 = time.monotonic()
             lines, problem = run_script(py, script, sargs, args.timeout)
-            log(
-                f"rep {rep + 1}/{args.reps} {label}: {time.monotonic() - t0:.0f}s"
-                + (" FAILED" if problem else "")
-            )
+            log(f"rep {rep + 1}/{args.reps} {label}: {time.monotonic() - t0:.0f}s" + (" FAILED" if problem else ""))
             if problem:
                 log(problem)
                 problems.append({"rep": rep, "job": label, "problem": problem})
@@ -320,9 +312,7 @@ def main() -> int:
             if s in med and b in med
         },
         "floors": floors,
-        "interference_pct": {
-            s: [interference(r["line"]) for r in runs if r["system"] == s] for s in sorted(med)
-        },
+        "interference_pct": {s: [interference(r["line"]) for r in runs if r["system"] == s] for s in sorted(med)},
         "problems": problems,
         "runs": runs,
     }
