@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -111,10 +112,10 @@ async def role_responder_aio(port: int) -> None:
 
 
 class CpuLedger:
-    """CPU seconds the hub and the responder spend in each phase (kept in ``notes``)."""
+    """CPU seconds the hub, the responder and the requester spend in each phase (for ``notes``)."""
 
     def __init__(self, hub: Any, responder: Any) -> None:
-        self.pids = {"hub": hub.pid, "resp": responder.pid}
+        self.pids = {"hub": hub.pid, "resp": responder.pid, "req": os.getpid()}
         self.parts: list[str] = []
         self._label = ""
         self._t0 = 0.0
