@@ -547,7 +547,11 @@ def test_informs_from_legacy(legacy: Callable[..., LegacyClient], new: Callable[
     old.call("inform", data=[1, "everyone"], destinations=[])
     for client in (first, second):
         client.wait_for(lambda client=client: ([1, "everyone"], "old") in client.informations)
-    time.sleep(0.2)
+    # inform(data, None) sends [None], which reached nobody under the 1.x server; here it
+    # means everyone, as None does for winerp 2 clients.
+    old.call("inform", data="none means everyone", destinations=None)
+    for client in (first, second):
+        client.wait_for(lambda client=client: ("none means everyone", "old") in client.informations)
     assert ({"to": "new1"}, "old") not in second.informations
 
 
@@ -633,6 +637,8 @@ def test_two_legacy_clients_through_the_new_hub(legacy: Callable[..., LegacyClie
     with pytest.raises(LegacyError) as caught:
         alice.request("pseudo", "bob")
     assert "winerpObject" in caught.value.message
+    # The 1.x server refused a request to oneself; this hub delivers it.
+    assert alice.request("add", "alice", a=1, b=1) == 2
     assert alice.call("ping", name="bob") is True
     assert alice.call("ping", name=None) is True
     alice.call("inform", data={"hello": "bob"}, destinations=["bob"])
