@@ -28,11 +28,15 @@ type                      1.x client to hub                               hub to
 ========================  ==============================================  ===================
 
 A 1.x client cannot answer a ping, so a `Ping` forwarded to one (another client's ``ping``)
-goes out as a ``function_call`` for an object nobody registered: every 1.x client answers
-that, from its message loop, with an ``error`` carrying the same uuid, which comes back here
-as the `Pong`. 1.x "winerpObject" pseudo objects (``pseudo_object`` responses and the
-``function_call`` messages that call their methods) have no native equivalent: a caller
-that gets one receives a clear error instead.
+goes out as a ``function_call`` for an object nobody registered: winerp 1.5.0 answers that,
+from its message loop, with an ``error`` carrying the same uuid, which comes back here as the
+`Pong` (so the ping also proves the client still reads). A 1.x client that answered a request
+for a route it does not have has stopped reading for good (see `LegacyCodec._mark_deaf`):
+requests and pings for it then fail at once with `ErrorCode.PEER_DISCONNECTED`.
+
+1.x "winerpObject" pseudo objects (``pseudo_object`` responses and the ``function_call``
+messages that call their methods) have no native equivalent: a caller that gets one
+receives a clear error instead.
 
 The 1.x client compares uuids only to match its own requests, so this codec keeps a map
 from the uuids of a 1.x caller to native request ids (and from the uuids it makes up for
