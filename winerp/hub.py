@@ -373,7 +373,7 @@ class Hub:
         self.heartbeat = heartbeat
         self.outbox_limit = outbox_limit if outbox_limit is not None else max(32 * 1024 * 1024, 4 * max_message_size)
         self.handshake_timeout = handshake_timeout
-        self.receive_bytes = 256 * 1024
+        self.receive_bytes = 64 * 1024
         self._router = Router(heartbeat=heartbeat, max_message_size=max_message_size, max_pending=max_pending)
         self._lock = threading.Lock()
         self._frame_lock = threading.Lock()
