@@ -166,6 +166,25 @@ def medians(runs: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
     return out
 
 
+def spread(runs: list[dict[str, Any]]) -> dict[str, dict[str, list[float]]]:
+    """Every run's value of each metric, per system, sorted: the noise behind each median."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for system in sorted({r["system"] for r in runs}):
+        rows = [flatten(r["line"]) for r in runs if r["system"] == system]
+        out[system] = {key: sorted(v for v in (row[key] for row in rows) if v is not None) for key in METRICS}
+    return out
+
+
+def spread_text(spr: dict[str, dict[str, list[float]]]) -> str:
+    lines = ["every run, sorted (RTT p50 µs | req/s | inform/s):"]
+    for system in [s for s in ROW_ORDER if s in spr] + sorted(s for s in spr if s not in ROW_ORDER):
+        parts = [
+            " ".join(f"{v:,.0f}" for v in spr[system][key]) or "-" for key in ("rtt_p50", "req_per_s", "inform_per_s")
+        ]
+        lines.append(f"  {system}: " + " | ".join(parts))
+    return "\n".join(lines)
+
+
 def ratio(med: dict[str, dict[str, float | None]], metric: str, a: str, b: str) -> float | None:
     x = med.get(a, {}).get(metric)
     y = med.get(b, {}).get(metric)
@@ -312,6 +331,7 @@ def main() -> int:
             if s in med and b in med
         },
         "floors": floors,
+        "spread": spread(runs),
         "interference_pct": {s: [interference(r["line"]) for r in runs if r["system"] == s] for s in sorted(med)},
         "problems": problems,
         "runs": runs,
@@ -325,6 +345,8 @@ def main() -> int:
     print(f"medians of {args.reps} runs per system; {report['winerp']}")
     print()
     print(table(med))
+    print()
+    print(spread_text(report["spread"]))
     print()
     print(floors_text(floors))
     print()
