@@ -705,6 +705,14 @@ def test_the_hub_limit_replaces_the_client_limit() -> None:
         client.request("b", "r", {"data": b"x" * 2000})
 
 
+def test_a_larger_hub_limit_does_not_lift_the_client_limit() -> None:
+    client = ClientProtocol("a", 1000, 0.0)
+    client.receive(encode_frame(Welcome("a", False, 1.0, LIMIT)), 0.0)
+    assert client.max_message_size == 1000
+    with pytest.raises(errors.PayloadTooLarge):
+        client.request("b", "r", {"data": b"x" * 2000})
+
+
 def test_heartbeat_is_due_every_interval_and_silence_is_connection_lost() -> None:
     client = ClientProtocol("a", LIMIT, 0.0)
     client.receive(encode_frame(Welcome("a", False, 1.0, LIMIT)), 0.0)

@@ -140,7 +140,8 @@ class ClientProtocol:
 
     Args:
         name: The client's name on the hub.
-        max_message_size: Largest encoded frame this side sends, until the hub says its own.
+        max_message_size: Largest encoded frame this side sends; a smaller limit announced
+            by the hub replaces it, a larger one does not.
         now: The current monotonic time.
     """
 
@@ -254,7 +255,8 @@ class ClientProtocol:
         if isinstance(frame, Welcome):
             self.state = ClientState.HELD if frame.on_hold else ClientState.READY
             self.heartbeat = frame.heartbeat
-            self.max_message_size = frame.max_message_size
+            # The client's own limit stands unless the hub's is stricter.
+            self.max_message_size = min(self.max_message_size, frame.max_message_size)
             self.peers = list(frame.peers)
         elif isinstance(frame, (Hello, AddRoutes, Inform)):
             raise errors.ProtocolError(f"a hub does not send {type(frame).__name__}")
