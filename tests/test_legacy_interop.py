@@ -663,11 +663,6 @@ def test_two_legacy_clients_with_one_name(legacy: Callable[..., LegacyClient]) -
 # --- the hub going away -----------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Hub.stop closes with 1001, which websockets 13 reports as ConnectionClosedOK: 1.5.0's message "
-    "loop then dies silently (no on_winerp_disconnect, no reconnect). Needs 1012 for legacy connections.",
-)
 def test_hub_stop_reaches_legacy_clients(legacy_interpreter: str, tmp_path: Path) -> None:
     hub = winerp.Hub(port=0)
     hub.start()

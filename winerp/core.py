@@ -614,12 +614,11 @@ class ClientCore:
                     raise errors.ProtocolError("the hub sent a text message on a native connection")
                 frame = protocol.receive(data, time.monotonic())
                 if isinstance(frame, Response):
-                    self._settle(frame.id, decode_value(frame.result))
-                    self.emit("on_winerp_response")
+                    self._on_response(frame)
                 elif isinstance(frame, Request):
                     self._serve_request(connection, frame)
                 elif isinstance(frame, Information):
-                    self.emit("on_winerp_information", decode_value(frame.data), frame.source)
+                    self._on_information(frame)
                 elif isinstance(frame, Failure):
                     self._on_failure(frame)
                 elif isinstance(frame, Pong):
@@ -714,6 +713,30 @@ class ClientCore:
         future = self._pending.pop(request_id, None)
         if future is not None:
             _resolve(future, value)
+
+    # A payload is the sending peer's, not the hub's: one that cannot be decoded (an unknown
+    # extension type, nesting too deep for this side) ends that call or drops that inform,
+    # never the connection, so a hostile or broken peer cannot disconnect the clients it
+    # talks to.
+
+    def _on_response(self, response: Response) -> None:
+        try:
+            value = decode_value(response.result)
+        except errors.ProtocolError as exc:
+            future = self._pending.pop(response.id, None)
+            if future is not None:
+                _resolve(future, error=errors.ProtocolError(f"the answer of {response.peer!r} is not readable: {exc}"))
+        else:
+            self._settle(response.id, value)
+        self.emit("on_winerp_response")
+
+    def _on_information(self, information: Information) -> None:
+        try:
+            data = decode_value(information.data)
+        except errors.ProtocolError as exc:
+            logger.warning("client %r: dropped an inform from %r: %s", self.name, information.source, exc)
+            return
+        self.emit("on_winerp_information", data, information.source)
 
     def _on_failure(self, failure: Failure) -> None:
         if failure.id == 0:

@@ -46,6 +46,7 @@ CLOSE_TOO_BIG = 1009
 CLOSE_OVERLOADED = 1013
 
 _MSG_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
+_PING_FRAME = b"\x89\x00"  # an empty websocket ping, server to client
 
 
 def _binary_frame(payload: bytes) -> bytes:
@@ -449,7 +450,9 @@ class Hub:
         with self._lock:
             connections = list(self._connections)
         for connection in connections:
-            connection.terminate(CLOSE_GOING_AWAY, "hub shutting down")
+            # winerp 1.x clients take a 1001 close for a normal one and never notice; 1012
+            # ("service restart") makes them see the drop.
+            connection.terminate(CLOSE_GOING_AWAY if connection.native else 1012, "hub shutting down")
         deadline = time.monotonic() + timeout
         for connection in connections:
             connection.thread.join(max(0.0, deadline - time.monotonic()))
@@ -599,7 +602,6 @@ class Hub:
                 connections = list(self._connections)
             for connection in connections:
                 silence = now - connection.last_received
-                limit = dead_after if connection.native else max(dead_after, 60.0)
                 if connection.closing_since is not None:
                     if now - connection.closing_since > 2.0:
                         connection.abort()
@@ -608,5 +610,9 @@ class Hub:
                     and now - connection.connected_at > self.handshake_timeout
                 ):
                     connection.terminate(CLOSE_POLICY_VIOLATION, "no registration in time")
-                elif silence > limit:
+                elif silence > dead_after:
                     connection.terminate(CLOSE_POLICY_VIOLATION, f"heartbeat timeout: silent for {silence:.1f} s")
+                elif not connection.native and silence > self.heartbeat:
+                    # winerp 1.x clients send nothing while idle, but their websocket library
+                    # answers a websocket ping, and the pong counts as traffic.
+                    connection.outbox.write(_PING_FRAME)
