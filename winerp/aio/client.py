@@ -88,8 +88,12 @@ class Client(BaseClient):
             join_workers()
             loop.call_soon_threadsafe(_set_once, done)
 
-        threading.Thread(target=join, name=f"winerp-close-{self.name}", daemon=True).start()
+        closer = threading.Thread(target=join, name=f"winerp-close-{self.name}", daemon=True)
+        closer.start()
         await done
+        # Its work is done; this only waits the instant it takes the thread to end, so that
+        # no thread of this client is alive once close() returns.
+        closer.join()
 
     async def __aenter__(self) -> Client:
         await self.start()
