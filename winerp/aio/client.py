@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import threading
@@ -39,10 +40,14 @@ class Client(BaseClient):
             print(await client.request("get_user", "dashboard", user_id=1))
     """
 
-    def __init__(self, local_name: str, host: str = "127.0.0.1", port: int = 13254, **options: Any) -> None:
-        super().__init__(local_name, host, port, **options)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+    # No __init__ of its own: the constructor is BaseClient's, so both clients have one
+    # signature. The loop is the one that called start().
+    _loop: asyncio.AbstractEventLoop | None = None
+
+    @functools.cached_property
+    def _tasks(self) -> set[asyncio.Task[None]]:
+        """Handler tasks running on the loop, cancelled by `close`. Used on the loop only."""
+        return set()
 
     # lifecycle
 
