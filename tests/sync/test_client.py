@@ -625,7 +625,7 @@ def test_unencodable_arguments_raise_type_error_and_send_nothing(clients: Any) -
     assert calls.items == [{"value": "sent"}]
 
 
-def test_payload_too_large(clients: Any) -> None:
+def test_payload_too_large() -> None:
     limit = 64 * 1024
     with winerp.Hub(port=0, max_message_size=limit) as small_hub:
         server = Client("b", port=small_hub.port)
