@@ -234,7 +234,7 @@ class ClientCore:
         token: Shared secret presented to the hub.
         ssl_context: Connect with TLS (``wss://``) using this context.
         reconnect: Come back after a dropped connection.
-        max_message_size: Largest message sent before the hub announces its own limit.
+        max_message_size: Largest message this client sends; a smaller limit announced by the hub wins.
         backoff: Reconnect delays.
     """
 
