@@ -367,6 +367,7 @@ class Hub:
 
         self.host = host
         self._requested_port = port
+        self._bound_port = port
         self.token = token if token is not None else (os.environ.get("WINERP_TOKEN") or None)
         self.ssl_context = ssl_context
         self.allowed_origins = frozenset(allowed_origins or ())
@@ -382,6 +383,9 @@ class Hub:
         self._connections: set[HubConnection] = set()
         self._threads: list[threading.Thread] = []
         self._handshakes: set[threading.Thread] = set()
+        # Sockets still in their handshake -> when they must be done; the watch loop shuts
+        # down the late ones, as a per-read timeout alone lets a client drip bytes forever.
+        self._opening: dict[socket.socket, float] = {}
         self._stopped = threading.Event()
         self._started = False
         self._numbers = iter(range(1, 1 << 62))
@@ -391,9 +395,7 @@ class Hub:
     @property
     def port(self) -> int:
         """The bound port (the real one when created with ``port=0``)."""
-        if self._listener is None:
-            return self._requested_port
-        return int(self._listener.getsockname()[1])
+        return self._bound_port
 
     @property
     def clients(self) -> list[str]:
@@ -425,6 +427,7 @@ class Hub:
             listener.close()
             raise
         self._listener = listener
+        self._bound_port = int(listener.getsockname()[1])
         self._started = True
         for target, name in ((self._accept_loop, "winerp-hub-accept"), (self._watch_loop, "winerp-hub-heartbeat")):
             thread = threading.Thread(target=target, name=name, daemon=True)
@@ -453,6 +456,7 @@ class Hub:
             # winerp 1.x clients take a 1001 close for a normal one and never notice; 1012
             # ("service restart") makes them see the drop.
             connection.terminate(CLOSE_GOING_AWAY if connection.native else 1012, "hub shutting down")
+        self._cut_handshakes(float("inf"))
         deadline = time.monotonic() + timeout
         for connection in connections:
             connection.thread.join(max(0.0, deadline - time.monotonic()))
@@ -513,6 +517,9 @@ class Hub:
             thread.start()
 
     def _handshake(self, sock: socket.socket) -> None:
+        raw = sock
+        with self._lock:
+            self._opening[raw] = time.monotonic() + self.handshake_timeout
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.settimeout(self.handshake_timeout)
@@ -528,10 +535,12 @@ class Hub:
                 sock.sendall(verdict.response())
                 sock.close()
                 return
-            sock.settimeout(None)
-            if self._stopped.is_set():
+            with self._lock:
+                late = self._opening.pop(raw, None) is None
+            if late or self._stopped.is_set():
                 sock.close()
                 return
+            sock.settimeout(None)
             connection = HubConnection(self, sock, head, verdict, next(self._numbers))
             if not connection.connected:
                 connection.abort()
@@ -545,7 +554,22 @@ class Hub:
             logger.exception("unexpected error during a handshake")
             sock.close()
         finally:
+            with self._lock:
+                self._opening.pop(raw, None)
             self._handshakes.discard(threading.current_thread())
+
+    def _cut_handshakes(self, now: float) -> None:
+        """Shut down the sockets whose handshake is past its deadline (all: ``now=inf``)."""
+        with self._lock:
+            late = [sock for sock, deadline in self._opening.items() if deadline < now]
+            for sock in late:
+                del self._opening[sock]
+        for sock in late:
+            logger.info("closing a connection that did not finish its handshake in time")
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     @staticmethod
     def _read_request_head(sock: socket.socket) -> bytes | None:
@@ -560,7 +584,10 @@ class Hub:
             head += chunk
         end = head.index(b"\r\n\r\n") + 4
         if end != len(head):
-            return None  # a websocket client waits for the answer before sending frames
+            # A websocket client waits for the answer before it sends frames; anything else
+            # (a request body, pipelining) gets a clear refusal.
+            sock.sendall(handshake.Refusal(400, "data sent before the handshake was answered").response())
+            return None
         return head
 
     def _open_session(self, codec: Codec, connection: HubConnection) -> Session:
@@ -598,6 +625,7 @@ class Hub:
         dead_after = 5 * self.heartbeat
         while not self._stopped.wait(min(0.5, self.heartbeat / 2)):
             now = time.monotonic()
+            self._cut_handshakes(now)
             with self._lock:
                 connections = list(self._connections)
             for connection in connections:
