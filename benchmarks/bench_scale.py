@@ -14,6 +14,9 @@ client is registered (checked with ``peers()``), it measures
   RTT p50/p90/p99  sequential small requests requester -> hub -> responder and back, the
                    same payload and counts as the harness (``benchlib``: 200 warm-up
                    requests, then 2,000 timed ones; ``BENCH_RTT_N`` ... change them).
+  also             the idle clients' own CPU %, hub threads, connects/s of each step, idle
+                   clients the hub dropped so far, and "other processes %": the share of
+                   the machine used during the idle window by anything but this benchmark.
 
 An idle client (``--idle-kind raw``, the default) is a light asyncio connection that speaks
 the native protocol with ``winerp.frames``: websocket handshake with the winerp subprotocol,
@@ -299,9 +302,9 @@ def wait_peers(client: Any, expected: int, timeout: float) -> int | None:
     return n
 
 
-def one_run(run: int, sizes: list[int], args: argparse.Namespace) -> list[dict[str, Any]]:
+def one_run(run: int, sizes: list[int], args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
+    """One fresh hub through every size; appends a row per size to ``rows`` as it goes."""
     winerp = bs.load_winerp()
-    rows: list[dict[str, Any]] = []
     with B.Children() as kids:
         hub = kids.add(B.spawn_role(SCRIPT, "hub", place="hub"))
         port = int(hub.wait_json("READY", START_TIMEOUT_S)["port"])
@@ -313,8 +316,11 @@ def one_run(run: int, sizes: list[int], args: argparse.Namespace) -> list[dict[s
         lost: list[dict[str, Any]] = []
         try:
             connected = 0
+            stage = "start"
             for size in sizes:
                 row: dict[str, Any] = {"run": run, "idle_clients": size}
+                stage = f"connecting up to {size} idle clients"
+                B.log(f"run {run}: {stage}")
                 if size > connected:
                     add = size - connected
                     proc = kids.add(
@@ -334,25 +340,31 @@ def one_run(run: int, sizes: list[int], args: argparse.Namespace) -> list[dict[s
                     row["connect_s"] = rep["seconds"]
                     row["connects_per_s"] = round(add / max(rep["seconds"], 1e-6))
                     connected = size
+                stage = f"measuring at {size} idle clients"
                 seen = wait_peers(client, connected + 1, 30)
                 row["peers_seen"] = seen
                 time.sleep(args.settle)
                 # Idle window: nothing but heartbeats.
+                ours = [responder.pid, os.getpid(), *(p.pid for p in idle_procs)]
                 busy0 = bs.machine_busy_cpu_s()
                 hub0 = bs.proc_cpu_s(hub.pid)
                 idle0 = sum(bs.proc_cpu_s(p.pid) or 0.0 for p in idle_procs)
+                ours0 = sum(bs.proc_cpu_s(pid) or 0.0 for pid in ours)
                 t0 = time.monotonic()
                 time.sleep(args.idle_seconds)
                 wall = time.monotonic() - t0
                 hub1 = bs.proc_cpu_s(hub.pid)
                 idle1 = sum(bs.proc_cpu_s(p.pid) or 0.0 for p in idle_procs)
+                ours1 = sum(bs.proc_cpu_s(pid) or 0.0 for pid in ours)
                 busy1 = bs.machine_busy_cpu_s()
                 if hub0 is not None and hub1 is not None:
                     row["hub_idle_cpu_pct"] = round(100 * (hub1 - hub0) / wall, 1)
                 row["idle_procs_cpu_pct"] = round(100 * (idle1 - idle0) / wall, 1)
-                if busy0 is not None and busy1 is not None:
+                if busy0 is not None and busy1 is not None and hub0 is not None and hub1 is not None:
+                    # Whatever else ran on the machine meanwhile (tick-accounted: ±1-2 % is noise).
+                    others = (busy1 - busy0) - (hub1 - hub0) - (ours1 - ours0)
                     ncpu = len(os.sched_getaffinity(0))
-                    row["machine_busy_pct"] = round(100 * (busy1 - busy0) / (wall * ncpu), 1)
+                    row["others_cpu_pct"] = round(max(0.0, 100 * others / (wall * ncpu)), 1)
                 mem = bs.proc_mem_mb(hub.pid)
                 row["hub_rss_mb"] = mem.get("rss")
                 row["hub_hwm_mb"] = mem.get("hwm")
@@ -373,11 +385,12 @@ def one_run(run: int, sizes: list[int], args: argparse.Namespace) -> list[dict[s
                     f"{row.get('hub_idle_cpu_pct')}%, rss {row['hub_rss_mb']} MB, peers {seen}"
                 )
                 rows.append(row)
+        except Exception as exc:
+            raise RuntimeError(f"{stage}: {type(exc).__name__}: {exc}") from exc
         finally:
             client.close()
-        if lost:
-            B.log(f"run {run}: {len(lost)} idle clients lost, e.g. {lost[:3]}")
-    return rows
+            if lost:
+                B.log(f"run {run}: {len(lost)} idle clients lost, e.g. {lost[:3]}")
 
 
 def summarize(rows: list[dict[str, Any]], sizes: list[int]) -> list[dict[str, Any]]:
@@ -400,6 +413,8 @@ def summarize(rows: list[dict[str, Any]], sizes: list[int]) -> list[dict[str, An
                 "idle_procs_cpu_pct": med([r.get("idle_procs_cpu_pct") for r in at]),
                 "hub_threads": med([r.get("hub_threads") for r in at]),
                 "connects_per_s": med([r.get("connects_per_s") for r in at]),
+                "idle_lost": med([r.get("idle_lost_so_far") for r in at]),
+                "others_cpu_pct": med([r.get("others_cpu_pct") for r in at]),
             }
         )
     return out
@@ -412,8 +427,8 @@ def fmt(v: Any, digits: int = 0) -> str:
 def table(summary: list[dict[str, Any]]) -> str:
     lines = [
         "| idle clients | RTT p50 µs | p90 µs | p99 µs | hub RSS MB | hub idle CPU % | idle clients' CPU % "
-        "| hub threads | connects/s |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| hub threads | connects/s | idle clients lost | other processes % |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in summary:
         cells = [
@@ -426,6 +441,8 @@ def table(summary: list[dict[str, Any]]) -> str:
             fmt(s["idle_procs_cpu_pct"], 1),
             fmt(s["hub_threads"]),
             fmt(s["connects_per_s"]),
+            fmt(s["idle_lost"]),
+            fmt(s["others_cpu_pct"], 1),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -484,7 +501,7 @@ def main() -> int:
     problems: list[str] = []
     for run in range(args.runs):
         try:
-            rows.extend(one_run(run, sizes, args))
+            one_run(run, sizes, args, rows)
         except Exception as exc:  # noqa: BLE001 - recorded; the next run may still work
             problems.append(f"run {run}: {type(exc).__name__}: {str(exc)[:500]}")
             B.log(problems[-1])
