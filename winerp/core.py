@@ -534,7 +534,9 @@ class ClientCore:
                 logger.debug("connecting failed: %s", exc)
                 self._pause(self.backoff.next_delay(), start_deadline if not start_future.done() else None)
                 continue
-            self._serve(connection, start_future)
+            self._serve(connection, start_future, start_deadline)
+            if start_future.done() and not start_future.cancelled() and start_future.exception() is not None:
+                break  # start() failed (e.g. no welcome in time): the client gives up, as start() said
             if not self.reconnect or self._closing.is_set():
                 break
             delay = 0.05 if connection.close_code == CLOSE_GOING_AWAY else self.backoff.next_delay()
@@ -582,8 +584,15 @@ class ClientCore:
         ws.settimeout(30.0)
         return _Connection(ws, ClientProtocol(self.name, self.max_message_size, time.monotonic()))
 
-    def _serve(self, connection: _Connection, start_future: concurrent.futures.Future[None]) -> None:
-        """Register on ``connection`` and read it until it drops."""
+    def _serve(
+        self, connection: _Connection, start_future: concurrent.futures.Future[None], start_deadline: float
+    ) -> None:
+        """Register on ``connection`` and read it until it drops.
+
+        Until the client is first welcomed, ``start_deadline`` bounds the wait: a hub that
+        accepts the websocket but never answers the registration ends `start` with
+        `RequestTimeout` within its timeout.
+        """
         self._connection = connection
         protocol = connection.protocol
         with self._lock:
@@ -597,6 +606,14 @@ class ClientCore:
         try:
             while connection.alive:
                 now = time.monotonic()
+                if now >= start_deadline and not start_future.done():
+                    _resolve(
+                        start_future,
+                        error=errors.RequestTimeout(
+                            f"the hub at {self.host}:{self.port} did not register client {self.name!r} in time"
+                        ),
+                    )
+                    break
                 if now >= next_beat:
                     beat = protocol.heartbeat_due(now)
                     if beat is not None:
