@@ -125,6 +125,20 @@ class Outbox:
             self._start_writer()
             self._wake.notify()
 
+    def try_final(self, final: bytes) -> None:
+        """Write ``final`` (a close frame) only if it can go out now, after nothing half-written.
+
+        For a connection about to be cut: never blocks, and never interleaves with a write
+        in progress; if the socket cannot take it at once, it is not sent.
+        """
+        with self._lock:
+            if not self._direct or self._closed or self._backlog or self._writing:
+                return
+            try:
+                self._sock.send(final, _MSG_DONTWAIT)
+            except OSError:
+                pass
+
     def close(self) -> None:
         """Stop writing; a blocked writer is released by the socket's shutdown."""
         with self._lock:
@@ -309,6 +323,19 @@ class HubConnection(simple_websocket.ws.Base):  # type: ignore[misc]
             self.closing_since = time.monotonic()
             logger.info("closing connection %s (%s): %d %s", self.number, self.session.name, code, reason)
             self.outbox.finish(_close_frame(code, reason))
+
+    def cut(self, code: int, reason: str) -> None:
+        """Drop a connection whose peer has gone silent, at once, with no close handshake.
+
+        A silent peer (stopped, hung, or vanished with its TCP connection half-open) will
+        never answer a close frame: waiting for it would only delay failing the requests
+        that wait on it. The close frame is sent if it can go out at once.
+        """
+        if self.closing_since is None:
+            self.closing_since = time.monotonic()
+        logger.info("dropping connection %s (%s): %d %s", self.number, self.session.name, code, reason)
+        self.outbox.try_final(_close_frame(code, reason))
+        self.abort()
 
     def abort(self) -> None:
         """Cut the connection at once; the reader thread wakes and cleans up."""
@@ -639,7 +666,7 @@ class Hub:
                 ):
                     connection.terminate(CLOSE_POLICY_VIOLATION, "no registration in time")
                 elif silence > dead_after:
-                    connection.terminate(CLOSE_POLICY_VIOLATION, f"heartbeat timeout: silent for {silence:.1f} s")
+                    connection.cut(CLOSE_POLICY_VIOLATION, f"heartbeat timeout: silent for {silence:.1f} s")
                 elif not connection.native and silence > self.heartbeat:
                     # winerp 1.x clients send nothing while idle, but their websocket library
                     # answers a websocket ping, and the pong counts as traffic.
