@@ -45,7 +45,7 @@ from .frames import (
     decode_value,
 )
 from .handshake import TOKEN_HEADER
-from .protocol import ClientProtocol, ClientState, error_from_failure
+from .protocol import ClientProtocol, ClientState, error_from_failure, name_problem
 
 __all__ = ["ClientCore", "Host", "Call", "Gathering", "Backoff"]
 
@@ -65,6 +65,7 @@ _EVENT_NAMES = frozenset(
     }
 )
 CLOSE_GOING_AWAY = 1001
+CLOSE_PROTOCOL_ERROR = 1002
 # Frames queued behind a busy writer before further senders wait for it (back-pressure).
 _MAX_QUEUED_FRAMES = 1024
 
@@ -251,8 +252,10 @@ class ClientCore:
         max_message_size: int = 8 * 1024 * 1024,
         backoff: Backoff | None = None,
     ) -> None:
-        if not isinstance(name, str) or not name:
-            raise ValueError("a client needs a non-empty name")
+        problem = name_problem(name)
+        if problem is not None:
+            # The hub would refuse it with a close frame; say so here, before connecting.
+            raise ValueError(problem)
         self.name = name
         self.host = host
         self.port = port
@@ -537,6 +540,17 @@ class ClientCore:
             self._serve(connection, start_future, start_deadline)
             if start_future.done() and not start_future.cancelled() and start_future.exception() is not None:
                 break  # start() failed (e.g. no welcome in time): the client gives up, as start() said
+            if not start_future.done():
+                # The hub closed the connection before it welcomed this client. A protocol
+                # error would only repeat; otherwise retry until the start deadline.
+                refused = connection.close_code == CLOSE_PROTOCOL_ERROR
+                if refused or not self.reconnect or time.monotonic() >= start_deadline:
+                    why = f": {connection.close_code} {connection.close_reason}" if connection.close_code else ""
+                    error = (errors.ProtocolError if refused else errors.ConnectionLost)(
+                        f"the hub closed the connection before this client was ready{why}"
+                    )
+                    _resolve(start_future, error=error)
+                    break
             if not self.reconnect or self._closing.is_set():
                 break
             delay = 0.05 if connection.close_code == CLOSE_GOING_AWAY else self.backoff.next_delay()

@@ -57,11 +57,19 @@ __all__ = [
     "SessionState",
     "error_from_failure",
     "MAX_NAME_LENGTH",
+    "name_problem",
 ]
 
 Message = Union[bytes, str]
 MAX_NAME_LENGTH = 128
 _NAME_PATTERN = re.compile(rf"[^\x00-\x1f\x7f]{{1,{MAX_NAME_LENGTH}}}")
+
+
+def name_problem(name: object) -> str | None:
+    """Say why ``name`` cannot be a client name, or return None if it can."""
+    if isinstance(name, str) and _NAME_PATTERN.fullmatch(name):
+        return None
+    return f"a client name is 1 to {MAX_NAME_LENGTH} characters with no control characters, not {name!r:.60}"
 
 
 class Undeliverable(Exception):
