@@ -110,8 +110,10 @@ def admit(head: bytes, *, token: str | None, allowed_origins: Collection[str] | 
     if origin is not None and origin not in (allowed_origins or ()):
         return Refusal(403, f"origin {origin[:100]!r} is not allowed")
     if token is not None:
-        offered = headers.get(TOKEN_HEADER, "")
-        if not hmac.compare_digest(offered.encode(), token.encode()):
+        # The header arrives as the client's UTF-8 bytes (decoded as latin-1 above, which
+        # gives them back unchanged) with its outer whitespace stripped, as HTTP strips it.
+        offered = headers.get(TOKEN_HEADER, "").encode("latin-1")
+        if not hmac.compare_digest(offered, token.strip().encode("utf-8")):
             return Refusal(401, "wrong or missing token")
     protocols = [p.strip() for p in headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
     if protocols and SUBPROTOCOL not in protocols:
