@@ -14,7 +14,15 @@ from collections.abc import Collection
 
 from .frames import SUBPROTOCOL
 
-__all__ = ["Admission", "Refusal", "admit", "parse_request", "MAX_REQUEST_BYTES", "TOKEN_HEADER"]
+__all__ = [
+    "Admission",
+    "Refusal",
+    "admit",
+    "parse_request",
+    "without_extensions",
+    "MAX_REQUEST_BYTES",
+    "TOKEN_HEADER",
+]
 
 #: Largest HTTP request head the hub reads before refusing it.
 MAX_REQUEST_BYTES = 16 * 1024
@@ -79,6 +87,18 @@ def parse_request(head: bytes) -> tuple[str, str, dict[str, str]] | Refusal:
         # Repeated headers are joined, as HTTP allows for list-valued ones.
         headers[key] = f"{headers[key]}, {value}" if key in headers else value
     return method, target, headers
+
+
+def without_extensions(head: bytes) -> bytes:
+    """Return the request head minus its ``Sec-WebSocket-Extensions`` headers.
+
+    The hub upgrades this head, so no extension gets negotiated: in particular no
+    permessage-deflate, whose messages the websocket library inflates in full before any
+    size limit sees them (64 KiB of deflate become 64 MiB and a second of CPU).
+    """
+    lines = head.split(b"\r\n")
+    kept = [line for line in lines if line.partition(b":")[0].strip().lower() != b"sec-websocket-extensions"]
+    return head if len(kept) == len(lines) else b"\r\n".join(kept)
 
 
 def _tokens(value: str) -> list[str]:

@@ -254,9 +254,9 @@ class HubConnection(simple_websocket.ws.Base):  # type: ignore[misc]
         self.connected_at = self.last_received = time.monotonic()
         self.closing_since: float | None = None
         self.raw_socket = sock
-        # Native connections that negotiated no extension get frames built here: a few
-        # struct calls instead of wsproto's general path.
-        self._plain_frames = admission.native and not admission.extensions
+        # No extension is ever negotiated (see `handshake.without_extensions`), so native
+        # connections get frames built here: a few struct calls instead of wsproto's path.
+        self._plain_frames = admission.native
         self.outbox = Outbox(sock, hub.outbox_limit, str(number), self._overflowed)
         codec: Codec
         if admission.native:
@@ -296,7 +296,7 @@ class HubConnection(simple_websocket.ws.Base):  # type: ignore[misc]
     # simple-websocket hooks
 
     def handshake(self) -> None:
-        self.ws.receive_data(self.request_head)
+        self.ws.receive_data(handshake.without_extensions(self.request_head))
         self.connected = self._handle_events()
 
     def choose_subprotocol(self, request: Any) -> str | None:
