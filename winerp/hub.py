@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 import simple_websocket
 from wsproto import ConnectionType
+from wsproto.connection import ConnectionState
 from wsproto.events import BytesMessage, TextMessage
 
 from . import errors, handshake
@@ -210,7 +211,12 @@ class _Wire:
         return self._sock.fileno()
 
     def close(self) -> None:
-        self._connection.abort()
+        connection = self._connection
+        if connection.ws.state is ConnectionState.LOCAL_CLOSING:
+            # wsproto or simple-websocket just sent a close of its own (message too big,
+            # broken framing) while the peer may still be sending.
+            connection.linger()
+        connection.abort()
         self._sock.close()
 
 
@@ -323,6 +329,26 @@ class HubConnection(simple_websocket.ws.Base):  # type: ignore[misc]
             self.closing_since = time.monotonic()
             logger.info("closing connection %s (%s): %d %s", self.number, self.session.name, code, reason)
             self.outbox.finish(_close_frame(code, reason))
+
+    def linger(self, seconds: float = 1.0) -> None:
+        """Let the peer read the close frame just sent before the socket goes.
+
+        Closing a socket with unread input resets the connection, and the peer then loses
+        the close frame (and its reason) with it: half-close instead, and discard what still
+        arrives for up to ``seconds``. Call on the reader thread.
+        """
+        self.outbox.finish(b"")
+        deadline = time.monotonic() + seconds
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self.raw_socket.settimeout(remaining)
+                if not self.raw_socket.recv(65536):
+                    break
+        except OSError:
+            pass
 
     def cut(self, code: int, reason: str) -> None:
         """Drop a connection whose peer has gone silent, at once, with no close handshake.
