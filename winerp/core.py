@@ -665,7 +665,8 @@ class ClientCore:
             logger.warning("client %r: %s; dropping the connection", self.name, exc)
         except errors.ProtocolError as exc:
             logger.error("client %r: bad data from the hub (%s); dropping the connection", self.name, exc)
-        except (OSError, websocket.WebSocketException) as exc:
+        except (OSError, ValueError, websocket.WebSocketException) as exc:
+            # ValueError: close() on another thread closed the socket under select().
             if connection.alive and not self._closing.is_set():
                 logger.info("client %r: connection lost: %s", self.name, exc)
         finally:
