@@ -601,7 +601,13 @@ class Router:
             result = self.status()
         elif request.route == "routes":
             # Which ready clients have a given route: the basis of request_many.
-            wanted = decode_value(request.args).get("route", "")
+            args = decode_value(request.args)
+            wanted = args.get("route") if isinstance(args, dict) else None
+            if not isinstance(wanted, str):
+                self._fail(
+                    out, session, request.id, HUB, ErrorCode.BAD_REQUEST, "the hub's 'routes' takes route=<a name>"
+                )
+                return
             result = [
                 s.name
                 for s in self._by_name.values()
