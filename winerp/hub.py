@@ -44,6 +44,7 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_POLICY_VIOLATION = 1008
 CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL_ERROR = 1011
 CLOSE_OVERLOADED = 1013
 
 _MSG_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
@@ -654,6 +655,11 @@ class Hub:
                 out = self._router.receive(connection.session, message)
         except errors.ProtocolError as exc:
             connection.terminate(CLOSE_PROTOCOL_ERROR, str(exc))
+            return
+        except Exception:
+            # A router bug must cost one connection, with a close frame, not its reader thread.
+            logger.exception("routing a message from connection %s failed", connection.number)
+            connection.terminate(CLOSE_INTERNAL_ERROR, "internal error in the hub")
             return
         self._deliver(out)
 
