@@ -10,7 +10,9 @@ routes requests between well-behaved clients.
 
 from __future__ import annotations
 
+import logging
 import socket
+from collections.abc import Iterator
 from typing import Any
 
 import msgspec
@@ -367,8 +369,28 @@ def test_router_identity_is_stamped(frames: list[Frame]) -> None:
 # --- a live hub ----------------------------------------------------------------------------
 
 
+class _Errors(logging.Handler):
+    """Collects the hub's error log records: a fuzzed message must never cause one."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
 @pytest.fixture(scope="module")
-def live_hub():
+def hub_errors() -> Iterator[_Errors]:
+    handler = _Errors()
+    hub_logger = logging.getLogger("winerp.hub")
+    hub_logger.addHandler(handler)
+    yield handler
+    hub_logger.removeHandler(handler)
+
+
+@pytest.fixture(scope="module")
+def live_hub(hub_errors: _Errors) -> Iterator[winerp.Hub]:
     with winerp.Hub(port=0, heartbeat=0.5, handshake_timeout=2.0) as hub:
         yield hub
 
@@ -438,8 +460,22 @@ def test_live_hub_legacy_fuzz(live_hub: winerp.Hub, messages: list[str | bytes])
         ws.close()
 
 
-def test_live_hub_still_serves_after_fuzzing(live_hub: winerp.Hub) -> None:
-    """Runs after the two fuzzers above (file order): the same hub still routes."""
+def test_live_hub_still_serves_after_fuzzing(live_hub: winerp.Hub, hub_errors: _Errors) -> None:
+    """Runs after the two fuzzers above (file order): the same hub still routes, and logged no error."""
     _serves(live_hub.port)
+    assert [record.getMessage() for record in hub_errors.records] == []
     probe = socket.create_connection(("127.0.0.1", live_hub.port), timeout=5)
     probe.close()
+
+
+@pytest.mark.parametrize("args", [None, [], {"route": None}, {"route": ["r"]}, {"route": {"r": 1}}, 5])
+def test_hub_routes_builtin_with_bad_arguments(args: object) -> None:
+    """Found by the router fuzzer: the hub's own ``routes`` route used to raise on such arguments."""
+    router = Router(heartbeat=1.0, max_message_size=1 << 20)
+    session = router.open(NativeCodec(), _Conn("s"), 0.0)
+    router.receive(session, encode_frame(Hello("asker", [])))
+    out = router.receive(session, encode_frame(Request(7, HUB, "routes", msgspec.Raw(encode_value(args)))))
+    [(destination, message)] = out
+    answer = decode_frame(message)  # type: ignore[arg-type]
+    assert destination is session and isinstance(answer, Failure) and answer.id == 7
+    assert "route=" in answer.message

@@ -302,6 +302,7 @@ def test_websocket_level_violations(hub: winerp.Hub) -> None:
         "invalid UTF-8 in a text frame": masked_frame(0x1, b"\xff\xfe\xfd"),
         "a 64-bit length with its top bit set": bytes((0x82, 0x80 | 127)) + b"\xff" * 8 + b"\x00" * 8,
     }
+    results = {}
     for what, data in cases.items():
         ws = raw_ws(hub.port)
         ws.sock.sendall(data)
@@ -309,8 +310,11 @@ def test_websocket_level_violations(hub: winerp.Hub) -> None:
             code, reason = read_until_closed(ws)
         except AssertionError:
             pytest.fail(f"{what}: the hub did not close the connection")
-        assert code in (None, 1000, CLOSE_PROTOCOL_ERROR, 1007, CLOSE_TOO_BIG), (what, code, reason)
+        results[what] = (code, reason)
         ws.close()
+    for what, (code, reason) in results.items():
+        expected = 1007 if "UTF-8" in what else CLOSE_PROTOCOL_ERROR
+        assert code == expected, (what, code, reason)
 
 
 def test_deeply_nested_messages(hub: winerp.Hub) -> None:
@@ -336,19 +340,19 @@ def test_deeply_nested_messages(hub: winerp.Hub) -> None:
 
 
 def test_compression_bomb(hub: winerp.Hub) -> None:
-    """A permessage-deflate message that inflates past the size limit is refused with 1009."""
+    """No permessage-deflate: a compressed message (64 KiB inflating to 64 MiB) is refused at once."""
     sock = socket.create_connection(("127.0.0.1", hub.port), timeout=5)
     sock.sendall(upgrade_request(hub.port, Sec_WebSocket_Extensions="permessage-deflate"))
     answer = b""
     while b"\r\n\r\n" not in answer:
         answer += sock.recv(4096)
-    if b"permessage-deflate" not in answer.lower():
-        sock.close()
-        pytest.skip("the hub does not negotiate compression")
+    assert status_line(answer) == "HTTP/1.1 101 Switching Protocols"
+    assert b"sec-websocket-extensions" not in answer.lower(), "the hub negotiated compression"
     compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
     bomb = compressor.compress(b"\x00" * (64 * 1024 * 1024)) + compressor.flush(zlib.Z_SYNC_FLUSH)
     bomb = bomb[:-4]  # permessage-deflate drops the 00 00 ff ff tail
     assert len(bomb) < 128 * 1024
+    started = time.monotonic()
     try:
         sock.sendall(masked_frame(0x2, bomb, rsv=0b100))
     except OSError:
@@ -356,23 +360,20 @@ def test_compression_bomb(hub: winerp.Hub) -> None:
     sock.settimeout(5)
     received = answer.split(b"\r\n\r\n", 1)[1]
     try:
-        while True:
+        while len(received) < 4:
             chunk = sock.recv(4096)
             if not chunk:
                 break
             received += chunk
     except OSError:
         pass
+    elapsed = time.monotonic() - started
     sock.close()
-    # A server close frame: 0x88, length, code.
-    assert received[:1] == b"\x88" and int.from_bytes(received[2:4], "big") == CLOSE_TOO_BIG, received[:20]
+    # A server close frame: 0x88, length, code 1002 (RSV1 set with no extension negotiated).
+    assert received[:1] == b"\x88" and int.from_bytes(received[2:4], "big") == CLOSE_PROTOCOL_ERROR, received[:20]
+    assert elapsed < 0.5, f"the hub took {elapsed:.2f} s over a compressed message"
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open in issue 6: the final ping to the raw 'evil' connection sometimes finds it gone "
-    "(suspected: the raw test connection sends no heartbeats and the hub drops it); not yet diagnosed",
-)
 def test_hostile_payloads_do_not_disconnect_their_receivers(hub: winerp.Hub) -> None:
     """A peer sending payloads a client cannot decode fails that message, not the client."""
     disconnects = []
@@ -400,7 +401,7 @@ def test_hostile_payloads_do_not_disconnect_their_receivers(hub: winerp.Hub) -> 
         evil.send_binary(encode_frame(Response(request.id, request.peer, unknown_ext)))
         with pytest.raises(errors.ProtocolError):
             call.future.result(5)
-        assert victim.ping("evil") is True
+        assert victim.ping() is True
         assert victim.is_ready and not disconnects
         evil.close()
 
@@ -434,67 +435,100 @@ def test_hundreds_of_abrupt_drops_and_resets(hub: winerp.Hub) -> None:
                 reset(sock)
             else:
                 sock.close()
+        # Every dropped connection is forgotten: only the target's own remains.
         wait_for(lambda: len(hub._connections) <= baseline + 1, timeout=10)
+        wait_for(lambda: not [name for name in hub.clients if name.startswith("dropper-")], timeout=10)
         assert target.is_ready
-        assert [name for name in hub.clients if name.startswith("dropper-")] == []
+
+
+FLOODER = """
+import sys, time
+from winerp.sync import Client
+client = Client("flooder", port=int(sys.argv[1]))
+client.start(timeout=10)
+chunk = b"\\0" * (1 << 20)
+print("start", flush=True)
+started, sent = time.monotonic(), 0
+# 1 MiB informs to the stopped client until the hub cuts it off (at most 96 MiB).
+while sent < 96 and (sent % 4 or "sleeper" in client.peers()):
+    client.inform(chunk, "sleeper")
+    sent += 1
+print("done", sent, round(time.monotonic() - started, 3), flush=True)
+client.close()
+"""
+
+SLEEPER = """
+import sys, time
+from winerp.sync import Client
+client = Client("sleeper", port=int(sys.argv[1]), reconnect=False)
+@client.event
+def on_winerp_disconnect():
+    print("disconnected", flush=True)
+client.start(timeout=10)
+print("ready", flush=True)
+time.sleep(30)
+"""
 
 
 @pytest.mark.slow
 def test_stopped_client_flooded_does_not_stall_others(hub: winerp.Hub) -> None:
-    """A SIGSTOPped client gets tens of MiB of informs; two others keep a low request latency."""
+    """A SIGSTOPped client gets tens of MiB of informs; two others keep a low request latency.
+
+    The stopped client and the flooder are processes of their own, as they would be in
+    real life (a flooder in this process would compete for its GIL with the clients being
+    timed). The hub buffers a bounded backlog for the stopped client (``outbox_limit``,
+    32 MiB by default) and then cuts it off; requests between two other clients are timed
+    all the while.
+    """
     if not hasattr(signal, "SIGSTOP"):
         pytest.skip("needs SIGSTOP")
-    sleeper = python_process(
-        "import sys, time\n"
-        "from winerp.sync import Client\n"
-        "c = Client('sleeper', port=int(sys.argv[1]), reconnect=False)\n"
-        "@c.event\n"
-        "def on_winerp_disconnect():\n"
-        "    print('disconnected', flush=True)\n"
-        "c.start(timeout=10)\n"
-        "print('ready', flush=True)\n"
-        "time.sleep(60)\n",
-        str(hub.port),
-    )
+    sleeper = python_process(SLEEPER, str(hub.port))
+    flooder = None
     try:
         assert sleeper.stdout is not None
         assert sleeper.stdout.readline().strip() == "ready"
         os.kill(sleeper.pid, signal.SIGSTOP)
-        with Client("flood-server", port=hub.port) as server, Client("flood-caller", port=hub.port) as caller:
-            server.route("echo")(lambda source, x: x)
-            with Client("flooder", port=hub.port) as flooder:
-                chunk = b"\x00" * (1024 * 1024)
-                stop = threading.Event()
-                sent = [0]
+        server = Client("flood-server", port=hub.port)
+        server.route("echo")(lambda source, x: x)
+        with server, Client("flood-caller", port=hub.port) as caller:
+            flooder = python_process(FLOODER, str(hub.port))
+            marks: dict[str, tuple[float, str]] = {}
 
-                def flood() -> None:
-                    while not stop.is_set() and sent[0] < 64:
-                        try:
-                            flooder.inform(chunk, "sleeper")
-                        except errors.WinerpError:
-                            return
-                        sent[0] += 1
+            def watch() -> None:
+                assert flooder is not None and flooder.stdout is not None
+                for line in flooder.stdout:
+                    marks[line.split()[0]] = (time.perf_counter(), line.strip())
 
-                thread = threading.Thread(target=flood, name="test-flooder", daemon=True)
-                thread.start()
-                latencies = []
-                deadline = time.monotonic() + 20
-                while (thread.is_alive() or len(latencies) < 200) and time.monotonic() < deadline:
-                    started = time.perf_counter()
-                    assert caller.request("echo", "flood-server", timeout=10, x=len(latencies)) == len(latencies)
-                    latencies.append(time.perf_counter() - started)
-                stop.set()
-                thread.join(10)
-                # The hub cut the sleeper off once its backlog passed the bound.
-                wait_for(lambda: "sleeper" not in hub.clients, timeout=10)
-                assert sent[0] >= 32, f"only {sent[0]} MiB were sent"
-                p50 = statistics.median(latencies)
-                assert p50 < 0.005, f"request p50 {p50 * 1000:.2f} ms during the flood"
-                assert flooder.ping() and caller.ping("flood-server")
+            threading.Thread(target=watch, name="test-flooder-watch", daemon=True).start()
+            samples: list[tuple[float, float]] = []
+            deadline = time.monotonic() + 30
+            while "done" not in marks and time.monotonic() < deadline:
+                begun = time.perf_counter()
+                assert caller.request("echo", "flood-server", timeout=10, x=len(samples)) == len(samples)
+                samples.append((begun, time.perf_counter() - begun))
+            assert "done" in marks, "the flood did not end"
+            flood_start, flood_end = marks["start"][0], marks["done"][0]
+            sent = int(marks["done"][1].split()[1])
+            during = [took for begun, took in samples if flood_start <= begun < flood_end]
+            assert "sleeper" not in hub.clients, "the hub never cut the stopped client off"
+            assert 20 <= sent < 96, f"the stopped client was cut off after {sent} MiB"
+            assert len(during) >= 20, f"only {len(during)} requests during the flood"
+            p50 = statistics.median(during)
+            print(
+                f"flood: sleeper cut after {sent} MiB in {flood_end - flood_start:.2f} s; "
+                f"{len(during)} requests meanwhile, p50 {p50 * 1000:.2f} ms, max {max(during) * 1000:.1f} ms"
+            )
+            assert p50 < 0.005, f"request p50 {p50 * 1000:.2f} ms during the flood"
+            assert caller.ping("flood-server")
+        # Woken up, the sleeper finds its connection gone.
+        os.kill(sleeper.pid, signal.SIGCONT)
+        assert sleeper.stdout.readline().strip() == "disconnected"
     finally:
         os.kill(sleeper.pid, signal.SIGCONT)
-        sleeper.kill()
-        sleeper.communicate(timeout=10)
+        for proc in (sleeper, flooder):
+            if proc is not None:
+                proc.kill()
+                proc.communicate(timeout=10)
 
 
 @pytest.mark.slow
@@ -521,8 +555,8 @@ def test_64_mib_request_and_reply(hub: winerp.Hub) -> None:
         ws.send_binary(frame)
     except (OSError, websocket.WebSocketException):
         pass
-    code, _ = read_until_closed(ws, timeout=10)
-    assert code in (CLOSE_TOO_BIG, None)
+    code, reason = read_until_closed(ws, timeout=10)
+    assert (code, reason) == (CLOSE_TOO_BIG, "Message is too big")
     ws.close()
 
 
