@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import inspect
+import itertools
 import logging
 import os
 import random
@@ -277,6 +278,9 @@ class ClientCore:
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
         self._start_future: concurrent.futures.Future[None] | None = None
+        # One request-id counter for every connection of this client: `_pending` is keyed
+        # by id across reconnects, so an id must never come back (see ClientProtocol).
+        self._request_ids = itertools.count(1)
 
     # state
 
@@ -596,7 +600,8 @@ class ClientCore:
         # A long socket timeout only guards against a peer that stops mid-frame; the
         # heartbeat catches a silent hub far sooner.
         ws.settimeout(30.0)
-        return _Connection(ws, ClientProtocol(self.name, self.max_message_size, time.monotonic()))
+        protocol = ClientProtocol(self.name, self.max_message_size, time.monotonic(), self._request_ids)
+        return _Connection(ws, protocol)
 
     def _serve(
         self, connection: _Connection, start_future: concurrent.futures.Future[None], start_deadline: float

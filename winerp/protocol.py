@@ -19,7 +19,7 @@ import collections
 import enum
 import itertools
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any, Protocol, Union
 
 from msgspec import Raw
@@ -151,15 +151,19 @@ class ClientProtocol:
         max_message_size: Largest encoded frame this side sends; a smaller limit announced
             by the hub replaces it, a larger one does not.
         now: The current monotonic time.
+        ids: Where request ids come from; a fresh counter from 1 by default. A client that
+            reconnects passes one counter to every connection, so that no id is used twice
+            in its life (an id of a call the previous connection ended then never names a
+            call of the next one).
     """
 
-    def __init__(self, name: str, max_message_size: int, now: float) -> None:
+    def __init__(self, name: str, max_message_size: int, now: float, ids: Iterator[int] | None = None) -> None:
         self.name = name
         self.state = ClientState.CONNECTING
         self.max_message_size = max_message_size
         self.heartbeat = 1.0
         self.peers: list[str] = []
-        self._ids = itertools.count(1)
+        self._ids = ids if ids is not None else itertools.count(1)
         self._last_received = now
         self._last_ping = now
 
