@@ -220,6 +220,8 @@ class _Connection:
         self.alive = True
         self.close_code: int | None = None
         self.close_reason = ""
+        # Set once the Hello is on its way: routes added after that go as AddRoutes.
+        self.hello_sent = False
 
 
 class ClientCore:
@@ -369,7 +371,9 @@ class ClientCore:
                 raise ValueError(f"route {name!r} is already registered")
             self.routes[name] = handler
             connection = self._connection
-        if connection is not None and self._state in (ClientState.READY, ClientState.HELD):
+            announce = connection is not None and connection.hello_sent
+        if announce:
+            assert connection is not None
             self._send(connection, connection.protocol.add_routes([name]))
 
     def add_event(self, name: str, handler: Callable[..., Any]) -> None:
@@ -616,7 +620,15 @@ class ClientCore:
         protocol = connection.protocol
         with self._lock:
             hello = protocol.hello(self.routes)
+            announced = set(self.routes)
         self._send(connection, hello)
+        with self._lock:
+            # From now on add_route sends each new route itself (after the Hello); the
+            # routes added while the Hello was being built and sent go here.
+            connection.hello_sent = True
+            late = [name for name in self.routes if name not in announced]
+        if late:
+            self._send(connection, protocol.add_routes(late))
         sock = connection.sock
         is_tls = isinstance(sock, ssl.SSLSocket)
         ws = connection.ws
