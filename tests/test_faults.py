@@ -891,3 +891,84 @@ def test_late_reply_after_timeout_is_dropped_quietly(
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
     assert side.request("slow", "peer", seconds=0, tag="next") == "next"
     assert side.request("executions", "peer") == {"late": 1, "next": 1}
+
+
+# --- races around reconnects -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_route_added_while_the_client_registers_is_served(
+    hub: winerp.Hub,
+    make_side: Callable[..., SyncSide],
+    calls: concurrent.futures.ThreadPoolExecutor,
+    monkeypatch: pytest.MonkeyPatch,
+    kind: str,
+) -> None:
+    """A route added between the client's Hello and the hub's Welcome is registered too.
+
+    That window opens on every (re)connect: e.g. a bot that runs ``start()`` as a task and
+    adds routes as its extensions load, or any thread adding a route during a reconnect.
+    The hub is made to hold the Hello here so the window is wide open.
+    """
+    caller = make_side("sync", "caller", hub.port)
+    caller.start()
+    registering, proceed = threading.Event(), threading.Event()
+    register = hub._router._register
+
+    def held_register(session: Any, hello: Any, out: Any) -> None:
+        if hello.name == "main":
+            registering.set()
+            proceed.wait(5)
+        register(session, hello, out)
+
+    monkeypatch.setattr(hub._router, "_register", held_register)
+    side = make_side(kind, "main", hub.port)
+    side.route("early", echo_route)
+    starting = calls.submit(side.start)
+    assert registering.wait(5)
+    side.route("late", echo_route)
+    proceed.set()
+    starting.result(5)
+    assert caller.request("early", "main", n=1) == {"source": "caller", "kwargs": {"n": 1}}
+    assert caller.request("late", "main", n=2) == {"source": "caller", "kwargs": {"n": 2}}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_ending_a_call_that_already_ended_touches_no_request_of_a_later_connection(
+    make_side: Callable[..., SyncSide], kind: str
+) -> None:
+    """`expire` and `forget` of a call that already ended are no-ops, even after a reconnect.
+
+    They do happen: the aio client's timeout timer can fire after the connection dropped
+    and failed the call but before the waiting task resumed (a busy loop), and a waiter can
+    be cancelled in that gap too. A request of the next connection must not be hit.
+    """
+    hub = winerp.Hub(port=0)
+    hub.start()
+    port = hub.port
+    try:
+        helper = make_side("sync", "peer", port)
+        release = threading.Event()
+        helper.route("hang", lambda source: release.wait(30))
+        helper.route("slow", lambda source, seconds: time.sleep(seconds) or "answered")
+        helper.start()
+        side = make_side(kind, "main", port)
+        side.start()
+        core = side.core
+        first, second = core.request("peer", "hang", {}), core.request("peer", "hang", {})
+        wait_for(lambda: sum(c["in_flight"] for c in hub.status()["clients"] if c["name"] == "main") == 2)
+        dropped = time.monotonic()
+        hub.stop()
+        for call in (first, second):
+            assert isinstance(call.future.exception(PROMPT), (errors.ConnectionLost, errors.PeerDisconnected))
+        hub = winerp.Hub(port=port)
+        hub.start()
+        side.events.wait_event("ready", READY_AGAIN, after=dropped)
+        wait_for(lambda: set(hub.clients) == {"main", "peer"}, timeout=READY_AGAIN)
+        later = [core.request("peer", "slow", {"seconds": 0.3}) for _ in range(2)]
+        core.expire(first, 1.0)
+        core.forget(second)
+        assert [call.future.result(5) for call in later] == ["answered", "answered"]
+    finally:
+        release.set()
+        hub.stop()
