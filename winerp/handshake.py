@@ -20,6 +20,7 @@ __all__ = [
     "admit",
     "parse_request",
     "without_extensions",
+    "could_be_http",
     "MAX_REQUEST_BYTES",
     "TOKEN_HEADER",
 ]
@@ -87,6 +88,17 @@ def parse_request(head: bytes) -> tuple[str, str, dict[str, str]] | Refusal:
         # Repeated headers are joined, as HTTP allows for list-valued ones.
         headers[key] = f"{headers[key]}, {value}" if key in headers else value
     return method, target, headers
+
+
+def could_be_http(start: bytes) -> bool:
+    """Tell whether ``start``, the first bytes read from a connection, can begin an HTTP request.
+
+    The method must come first, in capital letters; a TLS ClientHello (0x16), an SSH banner
+    or binary garbage fails at once, so the hub need not wait for a blank line that never
+    comes.
+    """
+    method = start[:16].split(b" ", 1)[0]
+    return not method or (method.isalpha() and method.isupper())
 
 
 def without_extensions(head: bytes) -> bytes:

@@ -636,6 +636,11 @@ class Hub:
             if not chunk:
                 return None
             head += chunk
+            if not handshake.could_be_http(head):
+                # Refused at once, not at the handshake deadline: a TLS client that meets a
+                # hub without TLS then fails right away instead of timing out.
+                sock.sendall(handshake.Refusal(400, "not an HTTP request (TLS to a hub without TLS?)").response())
+                return None
         end = head.index(b"\r\n\r\n") + 4
         if end != len(head):
             # A websocket client waits for the answer before it sends frames; anything else
