@@ -104,10 +104,8 @@ GARBAGE = {
 
 @pytest.mark.parametrize("what", list(GARBAGE))
 def test_raw_tcp_garbage(hub: winerp.Hub, what: str) -> None:
-    answer = http_exchange(hub.port, GARBAGE[what], shut_write=True)
-    assert not answer.startswith(b"HTTP/1.1 101"), answer[:80]
-    if answer:
-        assert status_line(answer).startswith(("HTTP/1.1 400", "HTTP/1.1 426")), answer[:80]
+    answer = http_exchange(hub.port, GARBAGE[what])
+    assert status_line(answer) == "HTTP/1.1 400 Bad Request", answer[:80]
 
 
 NOT_UPGRADES = {

@@ -304,6 +304,16 @@ def test_tls_hub_refuses_plain_and_untrusting_clients(tls_hub: winerp.Hub) -> No
     assert tls_hub.clients == []
 
 
+def test_tls_client_meeting_a_plain_hub_fails_at_once(hub: winerp.Hub, client_context: ssl.SSLContext) -> None:
+    """The hub refuses a TLS ClientHello at once (it is not HTTP), so the client need not time out."""
+    started = time.monotonic()
+    with pytest.raises(errors.HubUnreachable):
+        Client("tls-to-plain", port=hub.port, ssl_context=client_context, reconnect=False).start(timeout=10)
+    assert time.monotonic() - started < PROMPT
+    assert handshake.could_be_http(b"G") and handshake.could_be_http(b"GET / HTTP/1.1\r\n")
+    assert not handshake.could_be_http(b"\x16\x03\x01") and not handshake.could_be_http(b"SSH-2.0-x")
+
+
 def test_tls_hub_survives_garbage_and_silence(tls_hub: winerp.Hub, client_context: ssl.SSLContext) -> None:
     for data in (b"GET / HTTP/1.1\r\n\r\n", os.urandom(2000), b"\x16\x03\x01\x00\x05hello"):
         http_exchange(tls_hub.port, data, shut_write=True)
@@ -367,6 +377,18 @@ def test_allowed_origin_is_let_in() -> None:
             answer = http_exchange(hub.port, upgrade_request(hub.port, Origin=other))
             assert status_line(answer) == "HTTP/1.1 403 Forbidden", other
         assert_serves(hub.port)
+
+
+def test_cli_allow_origin() -> None:
+    proc, port = _run_hub_cli("--allow-origin", "https://a.example", "--allow-origin", "https://b.example")
+    try:
+        for origin in ("https://a.example", "https://b.example"):
+            raw_ws(port, origin=origin).close()
+        answer = http_exchange(port, upgrade_request(port, Origin="https://c.example"))
+        assert status_line(answer) == "HTTP/1.1 403 Forbidden"
+        assert_serves(port)
+    finally:
+        _stop_cli(proc)
 
 
 # --- limits ---------------------------------------------------------------------------------
