@@ -8,7 +8,9 @@ client with a wrong token never reaches the router.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import hashlib
 import hmac
 from collections.abc import Collection
 
@@ -18,8 +20,8 @@ __all__ = [
     "Admission",
     "Refusal",
     "admit",
+    "switching_protocols",
     "parse_request",
-    "without_extensions",
     "could_be_http",
     "MAX_REQUEST_BYTES",
     "TOKEN_HEADER",
@@ -39,10 +41,14 @@ class Admission:
         native: True for the native dialect (the client asked for `SUBPROTOCOL`); False for
             the winerp 1.x JSON dialect (no subprotocol asked).
         extensions: True if the client offered websocket extensions (e.g. compression).
+            None is ever negotiated: in particular no permessage-deflate, whose messages
+            must be inflated in full before any size limit sees them.
+        key: The client's ``Sec-WebSocket-Key``, for the answer.
     """
 
     native: bool
     extensions: bool
+    key: str = dataclasses.field(default="", compare=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,18 +107,6 @@ def could_be_http(start: bytes) -> bool:
     return not method or (method.isalpha() and method.isupper())
 
 
-def without_extensions(head: bytes) -> bytes:
-    """Return the request head minus its ``Sec-WebSocket-Extensions`` headers.
-
-    The hub upgrades this head, so no extension gets negotiated: in particular no
-    permessage-deflate, whose messages the websocket library inflates in full before any
-    size limit sees them (64 KiB of deflate become 64 MiB and a second of CPU).
-    """
-    lines = head.split(b"\r\n")
-    kept = [line for line in lines if line.partition(b":")[0].strip().lower() != b"sec-websocket-extensions"]
-    return head if len(kept) == len(lines) else b"\r\n".join(kept)
-
-
 def _tokens(value: str) -> list[str]:
     return [item.strip().lower() for item in value.split(",") if item.strip()]
 
@@ -150,4 +144,21 @@ def admit(head: bytes, *, token: str | None, allowed_origins: Collection[str] | 
     protocols = [p.strip() for p in headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
     if protocols and SUBPROTOCOL not in protocols:
         return Refusal(400, f"unsupported subprotocol(s) {protocols!r}; this hub speaks {SUBPROTOCOL!r}")
-    return Admission(native=bool(protocols), extensions="sec-websocket-extensions" in headers)
+    return Admission(
+        native=bool(protocols), extensions="sec-websocket-extensions" in headers, key=headers["sec-websocket-key"]
+    )
+
+
+_ACCEPT_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455, section 1.3
+
+
+def switching_protocols(admission: Admission) -> bytes:
+    """The ``101`` answer that opens the websocket of an admitted request (no extensions)."""
+    accept = base64.b64encode(hashlib.sha1(admission.key.encode() + _ACCEPT_GUID).digest()).decode()
+    head = (
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Accept: {accept}\r\n"
+    )
+    if admission.native:
+        head += f"Sec-WebSocket-Protocol: {SUBPROTOCOL}\r\n"
+    return head.encode() + b"\r\n"

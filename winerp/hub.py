@@ -1,35 +1,46 @@
-"""The hub: sockets and threads around the sans-IO `Router`.
+"""The hub: one event loop thread around the sans-IO `Router`.
 
-One accept thread hands each new socket to a short-lived handshake thread, which reads the
-HTTP request, lets `handshake.admit` judge it, and then starts a simple-websocket server
-connection on it. Each connection's simple-websocket reader thread also routes: the router
-runs under one lock, and the messages it produces go to each destination's `Outbox`, which
-writes without ever blocking the router (a client that stops reading is cut off once its
-backlog passes a bound, with a close reason). A heartbeat thread drops silent connections.
+A single thread, ``winerp-hub``, waits on every socket at once (epoll where there is one)
+and does all the work: it accepts, reads the HTTP upgrade and asks `handshake.admit`,
+cuts the bytes of each connection into messages (`wsframe.FrameReader`), hands them to the
+router, and writes what the router answers. Writes are gathered per connection while the
+loop handles what arrived, then leave as one ``send`` each, so a burst costs few system
+calls and a lone request is not delayed. A client that stops reading is cut off once its
+backlog passes a bound, with a close reason; silent clients are dropped by a heartbeat
+sweep on the same thread.
+
+One thread serves every connection, so an idle connection costs a socket and a few
+objects, never a thread, and the router needs no lock against itself.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
+import selectors
 import signal
 import socket
 import ssl
-import struct
 import threading
 import time
 import types
-from collections import deque
 from collections.abc import Collection
-from typing import Any, Callable
-
-import simple_websocket
-from wsproto import ConnectionType
-from wsproto.connection import ConnectionState
-from wsproto.events import BytesMessage, TextMessage
+from typing import Any
 
 from . import errors, handshake
-from .frames import SUBPROTOCOL
 from .protocol import Codec, Message, NativeCodec, Output, Router, Session, SessionState
+from .wsframe import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    FrameError,
+    FrameReader,
+    close_payload,
+    parse_close,
+    server_frame,
+)
 
 __all__ = ["Hub", "DEFAULT_HOST", "DEFAULT_PORT", "DEFAULT_MAX_MESSAGE_SIZE"]
 
@@ -40,347 +51,83 @@ DEFAULT_PORT = 13254
 DEFAULT_MAX_MESSAGE_SIZE = 8 * 1024 * 1024
 
 # Close codes (RFC 6455) the hub sends.
+CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_PROTOCOL_ERROR = 1002
+CLOSE_INVALID_DATA = 1007
 CLOSE_POLICY_VIOLATION = 1008
-CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL_ERROR = 1011
+CLOSE_SERVICE_RESTART = 1012
 CLOSE_OVERLOADED = 1013
 
-_MSG_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
-_PING_FRAME = b"\x89\x00"  # an empty websocket ping, server to client
+_READ_SIZE = 256 * 1024
+_PING_FRAME = server_frame(OP_PING, b"")
+# How long a connection may take to finish closing (our close frame sent) before it is cut.
+_CLOSING_GRACE = 2.0
 
 
-def _binary_frame(payload: bytes) -> bytes:
-    """Frame ``payload`` as one unmasked binary websocket message (server to client)."""
-    size = len(payload)
-    if size < 126:
-        return bytes((0x82, size)) + payload
-    if size < 65536:
-        return struct.pack("!BBH", 0x82, 126, size) + payload
-    return struct.pack("!BBQ", 0x82, 127, size) + payload
+class _Stage(enum.Enum):
+    TLS = "tls"  # TLS handshake in progress
+    HTTP = "http"  # reading the HTTP upgrade request
+    OPEN = "open"  # websocket open
+    CLOSING = "closing"  # our last bytes are queued; the socket half-closes once they are out
+    CLOSED = "closed"
 
 
-def _close_frame(code: int, reason: str) -> bytes:
-    body = struct.pack("!H", code) + reason.encode()[:120].decode("utf-8", "ignore").encode()
-    return bytes((0x88, len(body))) + body
+class HubConnection:
+    """One client connection at the hub: its socket, framing, output and session.
 
-
-class Outbox:
-    """Ordered, non-blocking writes to one socket, with a bounded backlog.
-
-    A write first tries the socket directly without blocking; whatever does not fit waits
-    in a backlog that a writer thread drains. Past ``limit`` bytes of backlog the receiver
-    is not keeping up, and ``on_overflow`` is called (once). Thread-safe.
+    Only the hub's loop thread touches it.
     """
 
-    def __init__(self, sock: socket.socket, limit: int, name: str, on_overflow: Callable[[], None]) -> None:
-        self._sock = sock
-        self._limit = limit
-        self._name = name
-        self._on_overflow = on_overflow
-        self._direct = _MSG_DONTWAIT != 0 and not isinstance(sock, ssl.SSLSocket)
-        self._lock = threading.Lock()
-        self._wake = threading.Condition(self._lock)
-        self._backlog: deque[bytes] = deque()
-        self._backlog_bytes = 0
-        self._writing = False
-        self._closed = False
-        self._shut_after_flush = False
-        self._writer: threading.Thread | None = None
+    __slots__ = (
+        "closing_since",
+        "connected_at",
+        "dirty",
+        "head",
+        "hub",
+        "last_received",
+        "native",
+        "number",
+        "out",
+        "out_bytes",
+        "reader",
+        "session",
+        "sock",
+        "stage",
+        "unsent",
+        "writing",
+    )
 
-    def write(self, data: bytes) -> None:
-        """Queue ``data`` for the socket, in order. Never blocks on the network."""
-        overflow = False
-        with self._lock:
-            if self._closed or self._shut_after_flush:
-                return
-            if self._direct and not self._backlog and not self._writing:
-                try:
-                    sent = self._sock.send(data, _MSG_DONTWAIT)
-                except BlockingIOError:
-                    sent = 0
-                except OSError:
-                    return  # the reader sees the broken connection and ends it
-                if sent == len(data):
-                    return
-                data = data[sent:]
-            self._backlog.append(data)
-            self._backlog_bytes += len(data)
-            if self._backlog_bytes > self._limit:
-                overflow = True
-                self._closed = True
-                self._backlog.clear()
-            else:
-                self._start_writer()
-                self._wake.notify()
-        if overflow:
-            self._on_overflow()
-
-    def finish(self, final: bytes) -> None:
-        """Queue ``final`` (a close frame), then half-close the socket once it is written."""
-        with self._lock:
-            if self._closed or self._shut_after_flush:
-                return
-            self._backlog.append(final)
-            self._shut_after_flush = True
-            self._start_writer()
-            self._wake.notify()
-
-    def try_final(self, final: bytes) -> None:
-        """Write ``final`` (a close frame) only if it can go out now, after nothing half-written.
-
-        For a connection about to be cut: never blocks, and never interleaves with a write
-        in progress; if the socket cannot take it at once, it is not sent.
-        """
-        with self._lock:
-            if not self._direct or self._closed or self._backlog or self._writing:
-                return
-            try:
-                self._sock.send(final, _MSG_DONTWAIT)
-            except OSError:
-                pass
-
-    def close(self) -> None:
-        """Stop writing; a blocked writer is released by the socket's shutdown."""
-        with self._lock:
-            self._closed = True
-            self._backlog.clear()
-            self._wake.notify()
-        writer = self._writer
-        if writer is not None and writer is not threading.current_thread():
-            writer.join(timeout=5)
-
-    def _start_writer(self) -> None:
-        # Call with self._lock held.
-        if self._writer is None:
-            self._writer = threading.Thread(target=self._drain, name=f"winerp-hub-writer-{self._name}", daemon=True)
-            self._writer.start()
-
-    def _drain(self) -> None:
-        while True:
-            with self._lock:
-                self._writing = False
-                while not self._backlog and not self._closed:
-                    if self._shut_after_flush:
-                        self._half_close()
-                        return
-                    self._wake.wait()
-                if self._closed:
-                    return
-                chunk = b"".join(self._backlog)
-                self._backlog.clear()
-                self._backlog_bytes = 0
-                self._writing = True
-            try:
-                self._sock.sendall(chunk)
-            except OSError:
-                with self._lock:
-                    self._closed = True
-                    self._writing = False
-                return
-
-    def _half_close(self) -> None:
-        try:
-            self._sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-
-
-class _Wire:
-    """The socket as simple-websocket sees it.
-
-    Reads go to the socket and mark the connection alive; writes (simple-websocket's own
-    handshake answer, pongs and close replies) go through the connection's outbox, so they
-    never interleave with routed messages written by other threads.
-    """
-
-    def __init__(self, sock: socket.socket, connection: HubConnection) -> None:
-        self._sock = sock
-        self._connection = connection
-
-    def recv(self, size: int) -> bytes:
-        data = self._sock.recv(size)
-        self._connection.last_received = time.monotonic()
-        return data
-
-    def send(self, data: bytes) -> int:
-        self._connection.outbox.write(bytes(data))
-        return len(data)
-
-    def fileno(self) -> int:
-        return self._sock.fileno()
-
-    def close(self) -> None:
-        connection = self._connection
-        if connection.ws.state is ConnectionState.LOCAL_CLOSING:
-            # wsproto or simple-websocket just sent a close of its own (message too big,
-            # broken framing) while the peer may still be sending.
-            connection.linger()
-        connection.abort()
-        self._sock.close()
-
-
-class _Arrivals:
-    """Stands in for simple-websocket's ``Event``: every ``set()`` routes what arrived.
-
-    simple-websocket signals each complete message by appending it to ``input_buffer`` and
-    setting its event. Routing right there, on its reader thread, saves a thread hand-off
-    per message compared to a second thread blocked in ``receive()``.
-    """
-
-    def __init__(self, connection: HubConnection) -> None:
-        self._connection = connection
-
-    def set(self) -> None:
-        connection = self._connection
-        buffer = connection.input_buffer
-        while buffer:
-            connection.hub._route(connection, buffer.pop(0))
-
-    def clear(self) -> None:
-        pass
-
-    def is_set(self) -> bool:
-        return False
-
-    def wait(self, timeout: float | None = None) -> bool:
-        return False
-
-
-class HubConnection(simple_websocket.ws.Base):  # type: ignore[misc]
-    """One client connection at the hub: a simple-websocket server connection that routes."""
-
-    def __init__(
-        self, hub: Hub, sock: socket.socket, request_head: bytes, admission: handshake.Admission, number: int
-    ) -> None:
+    def __init__(self, hub: Hub, sock: socket.socket, number: int, now: float, tls: bool) -> None:
         self.hub = hub
+        self.sock = sock
         self.number = number
-        self.request_head = request_head
-        self.native = admission.native
-        self.connected_at = self.last_received = time.monotonic()
+        self.stage = _Stage.TLS if tls else _Stage.HTTP
+        self.native = True
+        self.head = b""
+        self.reader: FrameReader | None = None
+        self.session: Session | None = None
+        self.out: list[bytes] = []
+        self.out_bytes = 0
+        # Bytes a send took only in part. Kept apart from `out`: a TLS write that could not
+        # finish must be retried with the very same bytes.
+        self.unsent = b""
+        self.dirty = False
+        self.writing = False
+        self.connected_at = self.last_received = now
         self.closing_since: float | None = None
-        self.raw_socket = sock
-        # No extension is ever negotiated (see `handshake.without_extensions`), so native
-        # connections get frames built here: a few struct calls instead of wsproto's path.
-        self._plain_frames = admission.native
-        self.outbox = Outbox(sock, hub.outbox_limit, str(number), self._overflowed)
-        codec: Codec
-        if admission.native:
-            codec = NativeCodec()
-        else:
-            from .legacy import LegacyCodec
 
-            codec = LegacyCodec()
-        self.session: Session = hub._open_session(codec, self)
-        connection = self
-
-        class _ReaderThread(threading.Thread):
-            def __init__(self, target: Callable[[], None]) -> None:
-                super().__init__(target=target, name=f"winerp-hub-conn-{number}", daemon=True)
-
-            def run(self) -> None:
-                try:
-                    super().run()
-                except Exception:  # pragma: no cover - simple-websocket ended on an error we did not expect
-                    logger.exception("connection %s failed", number)
-                finally:
-                    hub._closed(connection)
-
-        try:
-            super().__init__(
-                _Wire(sock, self),
-                connection_type=ConnectionType.SERVER,
-                receive_bytes=hub.receive_bytes,
-                max_message_size=hub.max_message_size,
-                thread_class=_ReaderThread,
-                event_class=lambda: _Arrivals(connection),
-            )
-        except Exception:
-            hub._closed(self)
-            raise
-
-    # simple-websocket hooks
-
-    def handshake(self) -> None:
-        self.ws.receive_data(handshake.without_extensions(self.request_head))
-        self.connected = self._handle_events()
-
-    def choose_subprotocol(self, request: Any) -> str | None:
-        return SUBPROTOCOL if self.native else None
-
-    # sending
+    @property
+    def name(self) -> str:
+        return self.session.name if self.session is not None else ""
 
     def send_message(self, message: Message) -> None:
-        """Frame and queue one message for this client. Thread-safe; never blocks."""
-        if self._plain_frames and isinstance(message, bytes):
-            self.outbox.write(_binary_frame(message))
-            return
-        with self.hub._frame_lock:
-            # wsproto's framing state (compression, fragmentation) is not thread-safe.
-            if isinstance(message, bytes):
-                data = self.ws.send(BytesMessage(data=message))
-            else:
-                data = self.ws.send(TextMessage(data=message))
-        self.outbox.write(data)
-
-    def terminate(self, code: int, reason: str) -> None:
-        """Send a close frame, then end the connection; never blocks."""
-        if self.closing_since is None:
-            self.closing_since = time.monotonic()
-            logger.info("closing connection %s (%s): %d %s", self.number, self.session.name, code, reason)
-            self.outbox.finish(_close_frame(code, reason))
-
-    def linger(self, seconds: float = 1.0) -> None:
-        """Let the peer read the close frame just sent before the socket goes.
-
-        Closing a socket with unread input resets the connection, and the peer then loses
-        the close frame (and its reason) with it: half-close instead, and discard what still
-        arrives for up to ``seconds``. Call on the reader thread.
-        """
-        self.outbox.finish(b"")
-        deadline = time.monotonic() + seconds
-        try:
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self.raw_socket.settimeout(remaining)
-                if not self.raw_socket.recv(65536):
-                    break
-        except OSError:
-            pass
-
-    def cut(self, code: int, reason: str) -> None:
-        """Drop a connection whose peer has gone silent, at once, with no close handshake.
-
-        A silent peer (stopped, hung, or vanished with its TCP connection half-open) will
-        never answer a close frame: waiting for it would only delay failing the requests
-        that wait on it. The close frame is sent if it can go out at once.
-        """
-        if self.closing_since is None:
-            self.closing_since = time.monotonic()
-        logger.info("dropping connection %s (%s): %d %s", self.number, self.session.name, code, reason)
-        self.outbox.try_final(_close_frame(code, reason))
-        self.abort()
-
-    def abort(self) -> None:
-        """Cut the connection at once; the reader thread wakes and cleans up."""
-        try:
-            self.raw_socket.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.outbox.close()
-
-    def _overflowed(self) -> None:
-        logger.warning(
-            "client %r is not reading: backlog over %d bytes, disconnecting", self.session.name, self.hub.outbox_limit
-        )
-        try:
-            self.raw_socket.send(_close_frame(CLOSE_OVERLOADED, "too slow: outbound backlog full"), _MSG_DONTWAIT)
-        except OSError:
-            pass
-        self.abort()
+        """Frame and queue one routed message for this client (the router's transport hook)."""
+        if isinstance(message, bytes):
+            self.hub._queue(self, server_frame(OP_BINARY, message))
+        else:
+            self.hub._queue(self, server_frame(OP_TEXT, message.encode()))
 
 
 class Hub:
@@ -429,17 +176,19 @@ class Hub:
         self.heartbeat = heartbeat
         self.outbox_limit = outbox_limit if outbox_limit is not None else max(32 * 1024 * 1024, 4 * max_message_size)
         self.handshake_timeout = handshake_timeout
-        self.receive_bytes = 64 * 1024
         self._router = Router(heartbeat=heartbeat, max_message_size=max_message_size, max_pending=max_pending)
+        # Guards the router against `clients` and `status` called from other threads.
         self._lock = threading.Lock()
-        self._frame_lock = threading.Lock()
         self._listener: socket.socket | None = None
+        self._selector: selectors.BaseSelector | None = None
+        self._waker: tuple[socket.socket, socket.socket] | None = None
+        self._thread: threading.Thread | None = None
         self._connections: set[HubConnection] = set()
-        self._threads: list[threading.Thread] = []
-        self._handshakes: set[threading.Thread] = set()
-        # Sockets still in their handshake -> when they must be done; the watch loop shuts
-        # down the late ones, as a per-read timeout alone lets a client drip bytes forever.
-        self._opening: dict[socket.socket, float] = {}
+        #: Connections still in their TLS or HTTP handshake.
+        self._handshakes: set[HubConnection] = set()
+        self._dirty: list[HubConnection] = []
+        self._stopping = False
+        self._stop_timeout = 2.0
         self._stopped = threading.Event()
         self._started = False
         self._numbers = iter(range(1, 1 << 62))
@@ -463,7 +212,7 @@ class Hub:
             return self._router.status()
 
     def start(self) -> None:
-        """Bind and start serving on background threads; return once connections are accepted.
+        """Bind and start serving on a background thread; return once connections are accepted.
 
         Raises:
             OSError: the address cannot be bound (e.g. the port is busy).
@@ -480,13 +229,18 @@ class Hub:
         except OSError:
             listener.close()
             raise
+        listener.setblocking(False)
         self._listener = listener
         self._bound_port = int(listener.getsockname()[1])
+        self._waker = socket.socketpair()
+        for end in self._waker:
+            end.setblocking(False)
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(listener, selectors.EVENT_READ, None)
+        self._selector.register(self._waker[0], selectors.EVENT_READ, None)
         self._started = True
-        for target, name in ((self._accept_loop, "winerp-hub-accept"), (self._watch_loop, "winerp-hub-heartbeat")):
-            thread = threading.Thread(target=target, name=name, daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        self._thread = threading.Thread(target=self._run, name="winerp-hub", daemon=True)
+        self._thread.start()
         logger.info("hub listening on %s:%d", self.host, self.port)
 
     def stop(self, timeout: float = 2.0) -> None:
@@ -494,31 +248,14 @@ class Hub:
 
         Requests in flight fail at their callers (`ConnectionLost`). Idempotent.
         """
-        if not self._started or self._stopped.is_set():
+        if not self._started or self._stopping:
             return
+        self._stop_timeout = timeout
+        self._stopping = True
         self._stopped.set()
-        listener = self._listener
-        if listener is not None:
-            try:
-                listener.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            listener.close()
-        with self._lock:
-            connections = list(self._connections)
-        for connection in connections:
-            # winerp 1.x clients take a 1001 close for a normal one and never notice; 1012
-            # ("service restart") makes them see the drop.
-            connection.terminate(CLOSE_GOING_AWAY if connection.native else 1012, "hub shutting down")
-        self._cut_handshakes(float("inf"))
-        deadline = time.monotonic() + timeout
-        for connection in connections:
-            connection.thread.join(max(0.0, deadline - time.monotonic()))
-        for connection in connections:
-            connection.abort()
-            connection.thread.join(1.0)
-        for thread in self._threads + list(self._handshakes):
-            thread.join(1.0)
+        self._wake()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout + 5)
         logger.info("hub stopped")
 
     def serve_forever(self) -> None:
@@ -542,7 +279,6 @@ class Hub:
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
-            self._stopped.clear()
             self.stop()
 
     def __enter__(self) -> Hub:
@@ -552,159 +288,444 @@ class Hub:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
-    # connections
+    # the loop
 
-    def _accept_loop(self) -> None:
-        assert self._listener is not None
-        while not self._stopped.is_set():
+    def _wake(self) -> None:
+        if self._waker is not None:
             try:
-                sock, address = self._listener.accept()
+                self._waker[1].send(b"\0")
             except OSError:
-                if self._stopped.is_set():
-                    return
-                time.sleep(0.05)  # e.g. out of file descriptors: do not spin
-                continue
-            thread = threading.Thread(
-                target=self._handshake, args=(sock,), name=f"winerp-hub-handshake-{address[1]}", daemon=True
-            )
-            self._handshakes.add(thread)
-            thread.start()
+                pass
 
-    def _handshake(self, sock: socket.socket) -> None:
-        raw = sock
-        with self._lock:
-            self._opening[raw] = time.monotonic() + self.handshake_timeout
+    def _run(self) -> None:
+        selector = self._selector
+        assert selector is not None
+        sweep_every = min(0.5, self.heartbeat / 2)
+        next_sweep = time.monotonic() + sweep_every
         try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.settimeout(self.handshake_timeout)
-            if self.ssl_context is not None:
-                sock = self.ssl_context.wrap_socket(sock, server_side=True)
-            head = self._read_request_head(sock)
-            if head is None:
-                sock.close()
-                return
-            verdict = handshake.admit(head, token=self.token, allowed_origins=self.allowed_origins)
-            if isinstance(verdict, handshake.Refusal):
-                logger.info("refused a handshake: %d %s", verdict.status, verdict.reason)
-                sock.sendall(verdict.response())
-                sock.close()
-                return
-            with self._lock:
-                late = self._opening.pop(raw, None) is None
-            if late or self._stopped.is_set():
-                sock.close()
-                return
-            sock.settimeout(None)
-            connection = HubConnection(self, sock, head, verdict, next(self._numbers))
-            if not connection.connected:
-                connection.abort()
-        except (OSError, ValueError) as exc:
-            logger.debug("handshake failed: %s", exc)
-            try:
-                sock.close()
-            except OSError:
-                pass
-        except Exception:  # pragma: no cover - never let one connection take the hub down
-            logger.exception("unexpected error during a handshake")
-            sock.close()
+            while not self._stopping:
+                events = selector.select(max(0.0, next_sweep - time.monotonic()))
+                now = time.monotonic()
+                for key, mask in events:
+                    connection = key.data
+                    if connection is None:
+                        if key.fileobj is self._listener:
+                            self._accept(now)
+                        else:
+                            self._drain_waker()
+                        continue
+                    self._on_event(connection, mask, now)
+                self._flush_all()
+                if now >= next_sweep:
+                    self._sweep(now)
+                    self._flush_all()
+                    next_sweep = now + sweep_every
+            self._shut_down()
+        except Exception:  # pragma: no cover - a bug here would silently stop the hub
+            logger.exception("the hub loop failed")
+            raise
         finally:
-            with self._lock:
-                self._opening.pop(raw, None)
-            self._handshakes.discard(threading.current_thread())
+            self._close_everything()
 
-    def _cut_handshakes(self, now: float) -> None:
-        """Shut down the sockets whose handshake is past its deadline (all: ``now=inf``)."""
-        with self._lock:
-            late = [sock for sock, deadline in self._opening.items() if deadline < now]
-            for sock in late:
-                del self._opening[sock]
-        for sock in late:
-            logger.info("closing a connection that did not finish its handshake in time")
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
+    def _on_event(self, connection: HubConnection, mask: int, now: float) -> None:
+        try:
+            if mask & selectors.EVENT_WRITE and connection.stage is not _Stage.CLOSED:
+                self._on_writable(connection)
+            if mask & selectors.EVENT_READ and connection.stage is not _Stage.CLOSED:
+                self._on_readable(connection, now)
+        except Exception:
+            # A bug must cost one connection, not the hub.
+            logger.exception("connection %s failed", connection.number)
+            self._try_final(connection, CLOSE_INTERNAL_ERROR, "internal error in the hub")
+            self._discard(connection)
+
+    def _drain_waker(self) -> None:
+        assert self._waker is not None
+        try:
+            while self._waker[0].recv(4096):
                 pass
+        except OSError:
+            pass
 
-    @staticmethod
-    def _read_request_head(sock: socket.socket) -> bytes | None:
-        head = b""
-        while b"\r\n\r\n" not in head:
+    def _accept(self, now: float) -> None:
+        assert self._listener is not None and self._selector is not None
+        while True:
+            try:
+                sock, _address = self._listener.accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                # e.g. out of file descriptors: the next loop turn tries again.
+                logger.warning("accept failed: %s", exc)
+                return
+            try:
+                sock.setblocking(False)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if self.ssl_context is not None:
+                    sock = self.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+            except (OSError, ValueError) as exc:
+                logger.debug("could not set up an accepted socket: %s", exc)
+                sock.close()
+                continue
+            connection = HubConnection(self, sock, next(self._numbers), now, tls=self.ssl_context is not None)
+            self._connections.add(connection)
+            self._handshakes.add(connection)
+            self._selector.register(sock, selectors.EVENT_READ, connection)
+            if connection.stage is _Stage.TLS:
+                self._tls_handshake(connection)
+
+    # reading
+
+    def _on_readable(self, connection: HubConnection, now: float) -> None:
+        if connection.stage is _Stage.TLS:
+            self._tls_handshake(connection)
+            return
+        sock = connection.sock
+        while True:
+            try:
+                data = sock.recv(_READ_SIZE)
+            except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                return
+            except OSError as exc:
+                logger.debug("connection %s: read failed: %s", connection.number, exc)
+                self._discard(connection)
+                return
+            if not data:
+                self._discard(connection)
+                return
+            connection.last_received = now
+            if connection.stage is _Stage.OPEN:
+                self._on_frames(connection, data)
+            elif connection.stage is _Stage.HTTP:
+                self._on_request_bytes(connection, data)
+            # CLOSING: what still arrives is discarded until the peer closes its side.
+            if connection.stage is _Stage.CLOSED or not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
+                return
+
+    def _tls_handshake(self, connection: HubConnection) -> None:
+        sock = connection.sock
+        assert isinstance(sock, ssl.SSLSocket)
+        try:
+            sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._watch(connection, write=False)
+            return
+        except ssl.SSLWantWriteError:
+            self._watch(connection, write=True)
+            return
+        except (OSError, ValueError) as exc:
+            logger.debug("TLS handshake failed: %s", exc)
+            self._discard(connection)
+            return
+        connection.stage = _Stage.HTTP
+        self._watch(connection, write=False)
+        if sock.pending():
+            self._on_readable(connection, time.monotonic())
+
+    def _on_request_bytes(self, connection: HubConnection, data: bytes) -> None:
+        head = connection.head = connection.head + data
+        if b"\r\n\r\n" not in head:
             if len(head) > handshake.MAX_REQUEST_BYTES:
-                sock.sendall(handshake.Refusal(400, "request head too large").response())
-                return None
-            chunk = sock.recv(4096)
-            if not chunk:
-                return None
-            head += chunk
-            if not handshake.could_be_http(head):
+                self._refuse(connection, handshake.Refusal(400, "request head too large"))
+            elif not handshake.could_be_http(head):
                 # Refused at once, not at the handshake deadline: a TLS client that meets a
                 # hub without TLS then fails right away instead of timing out.
-                sock.sendall(handshake.Refusal(400, "not an HTTP request (TLS to a hub without TLS?)").response())
-                return None
+                self._refuse(connection, handshake.Refusal(400, "not an HTTP request (TLS to a hub without TLS?)"))
+            return
         end = head.index(b"\r\n\r\n") + 4
         if end != len(head):
             # A websocket client waits for the answer before it sends frames; anything else
             # (a request body, pipelining) gets a clear refusal.
-            sock.sendall(handshake.Refusal(400, "data sent before the handshake was answered").response())
-            return None
-        return head
+            self._refuse(connection, handshake.Refusal(400, "data sent before the handshake was answered"))
+            return
+        verdict = handshake.admit(head[:end], token=self.token, allowed_origins=self.allowed_origins)
+        if isinstance(verdict, handshake.Refusal):
+            self._refuse(connection, verdict)
+            return
+        connection.head = b""
+        connection.native = verdict.native
+        codec: Codec
+        if verdict.native:
+            codec = NativeCodec()
+        else:
+            from .legacy import LegacyCodec
 
-    def _open_session(self, codec: Codec, connection: HubConnection) -> Session:
+            codec = LegacyCodec()
+        connection.reader = FrameReader(masked=True, max_size=self.max_message_size)
+        connection.stage = _Stage.OPEN
+        self._handshakes.discard(connection)
+        self._queue(connection, handshake.switching_protocols(verdict))
         with self._lock:
-            self._connections.add(connection)
-            return self._router.open(codec, connection, time.time())
+            connection.session = self._router.open(codec, connection, time.time())
+
+    def _refuse(self, connection: HubConnection, refusal: handshake.Refusal) -> None:
+        logger.info("refused a handshake: %d %s", refusal.status, refusal.reason)
+        self._queue(connection, refusal.response())
+        self._finish(connection)
+
+    def _on_frames(self, connection: HubConnection, data: bytes) -> None:
+        assert connection.reader is not None
+        try:
+            messages = connection.reader.feed(data)
+        except FrameError as exc:
+            self.terminate(connection, exc.code, exc.reason)
+            return
+        for opcode, payload in messages:
+            if connection.stage is not _Stage.OPEN:
+                return
+            if opcode == OP_BINARY:
+                self._route(connection, payload)
+            elif opcode == OP_TEXT:
+                try:
+                    text = payload.decode()
+                except UnicodeDecodeError:
+                    self.terminate(connection, CLOSE_INVALID_DATA, "text message is not valid UTF-8")
+                    return
+                self._route(connection, text)
+            elif opcode == OP_PING:
+                self._queue(connection, server_frame(OP_PONG, payload))
+            elif opcode == OP_CLOSE:
+                code, _reason = parse_close(payload)
+                # Answer with the same code, then close once the answer is out.
+                self._queue(connection, server_frame(OP_CLOSE, payload[:2] if code is not None else b""))
+                self._finish(connection)
+                return
+            # OP_PONG: being read at all is what counts (last_received).
 
     def _route(self, connection: HubConnection, message: Message) -> None:
+        session = connection.session
+        assert session is not None
         try:
             with self._lock:
-                out = self._router.receive(connection.session, message)
+                out = self._router.receive(session, message)
         except errors.ProtocolError as exc:
-            connection.terminate(CLOSE_PROTOCOL_ERROR, str(exc))
+            self.terminate(connection, CLOSE_PROTOCOL_ERROR, str(exc))
             return
         except Exception:
-            # A router bug must cost one connection, with a close frame, not its reader thread.
+            # A router bug must cost one connection, with a close frame, not the hub.
             logger.exception("routing a message from connection %s failed", connection.number)
-            connection.terminate(CLOSE_INTERNAL_ERROR, "internal error in the hub")
+            self.terminate(connection, CLOSE_INTERNAL_ERROR, "internal error in the hub")
             return
         self._deliver(out)
-
-    def _closed(self, connection: HubConnection) -> None:
-        connection.abort()
-        with self._lock:
-            self._connections.discard(connection)
-            out = self._router.close(connection.session)
-        self._deliver(out)
-        try:
-            connection.raw_socket.close()
-        except OSError:
-            pass
 
     @staticmethod
     def _deliver(out: Output) -> None:
         for session, message in out:
             session.transport.send_message(message)
 
-    def _watch_loop(self) -> None:
+    # writing
+
+    def _queue(self, connection: HubConnection, data: bytes) -> None:
+        if connection.stage is _Stage.CLOSED or connection.writing:
+            return
+        connection.out.append(data)
+        connection.out_bytes += len(data)
+        if connection.out_bytes + len(connection.unsent) > self.outbox_limit:
+            self._overflowed(connection)
+            return
+        if not connection.dirty:
+            connection.dirty = True
+            self._dirty.append(connection)
+
+    def _flush_all(self) -> None:
+        while self._dirty:
+            dirty, self._dirty = self._dirty, []
+            for connection in dirty:
+                connection.dirty = False
+                if connection.stage is not _Stage.CLOSED:
+                    self._flush(connection)
+
+    def _flush(self, connection: HubConnection) -> None:
+        sock = connection.sock
+        while True:
+            if not connection.unsent:
+                if not connection.out:
+                    break
+                out = connection.out
+                connection.unsent = out[0] if len(out) == 1 else b"".join(out)
+                connection.out = []
+                connection.out_bytes = 0
+            try:
+                sent = sock.send(connection.unsent)
+            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                sent = 0
+            except OSError as exc:
+                logger.debug("connection %s: write failed: %s", connection.number, exc)
+                self._discard(connection)
+                return
+            if sent < len(connection.unsent):
+                connection.unsent = connection.unsent[sent:]
+                self._watch(connection, write=True)
+                return
+            connection.unsent = b""
+        self._watch(connection, write=False)
+        if connection.stage is _Stage.CLOSING and connection.writing:
+            # Our last bytes are out. Half-close and keep reading (and discarding) until the
+            # peer closes too: closing with unread input would reset the connection, and the
+            # peer would lose the close frame and its reason.
+            connection.writing = False
+            try:
+                sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                self._discard(connection)
+
+    def _on_writable(self, connection: HubConnection) -> None:
+        if connection.stage is _Stage.TLS:
+            self._tls_handshake(connection)
+        else:
+            self._flush(connection)
+
+    def _watch(self, connection: HubConnection, *, write: bool) -> None:
+        assert self._selector is not None
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if write else 0)
+        try:
+            if self._selector.get_key(connection.sock).events != events:
+                self._selector.modify(connection.sock, events, connection)
+        except (KeyError, ValueError):
+            pass
+
+    # ending connections
+
+    def terminate(self, connection: HubConnection, code: int, reason: str) -> None:
+        """Send a close frame, then end the connection once it is out."""
+        if connection.stage is not _Stage.OPEN:
+            if connection.stage in (_Stage.TLS, _Stage.HTTP):
+                self._discard(connection)
+            return
+        logger.info("closing connection %s (%s): %d %s", connection.number, connection.name, code, reason)
+        self._queue(connection, server_frame(OP_CLOSE, close_payload(code, reason)))
+        self._finish(connection)
+
+    def _finish(self, connection: HubConnection) -> None:
+        """Stop taking input from ``connection``; close it once what is queued is written."""
+        if connection.stage is _Stage.CLOSED:
+            return
+        self._leave_router(connection)
+        connection.stage = _Stage.CLOSING
+        connection.closing_since = time.monotonic()
+        connection.writing = True  # the bytes queued so far are the last ones
+        self._handshakes.discard(connection)
+        if not connection.dirty:
+            connection.dirty = True
+            self._dirty.append(connection)
+
+    def _cut(self, connection: HubConnection, code: int, reason: str) -> None:
+        """Drop a connection whose peer has gone silent, at once, with no close handshake.
+
+        A silent peer (stopped, hung, or vanished with its TCP connection half-open) will
+        never answer a close frame: waiting for it would only delay failing the requests
+        that wait on it. The close frame is sent if it can go out at once.
+        """
+        logger.info("dropping connection %s (%s): %d %s", connection.number, connection.name, code, reason)
+        self._try_final(connection, code, reason)
+        self._discard(connection)
+
+    def _try_final(self, connection: HubConnection, code: int, reason: str) -> None:
+        # Never after a half-written frame, and never blocking.
+        if connection.unsent or connection.stage is not _Stage.OPEN:
+            return
+        try:
+            connection.sock.send(server_frame(OP_CLOSE, close_payload(code, reason)))
+        except (OSError, ValueError):
+            pass
+
+    def _overflowed(self, connection: HubConnection) -> None:
+        logger.warning(
+            "client %r is not reading: backlog over %d bytes, disconnecting", connection.name, self.outbox_limit
+        )
+        connection.out = []
+        connection.out_bytes = 0
+        self._try_final(connection, CLOSE_OVERLOADED, "too slow: outbound backlog full")
+        self._discard(connection)
+
+    def _leave_router(self, connection: HubConnection) -> None:
+        session = connection.session
+        if session is None or session.state is SessionState.CLOSED:
+            return
+        with self._lock:
+            out = self._router.close(session)
+        self._deliver(out)
+
+    def _discard(self, connection: HubConnection) -> None:
+        """Forget ``connection`` and close its socket at once. Idempotent."""
+        if connection.stage is _Stage.CLOSED:
+            return
+        connection.stage = _Stage.CLOSED
+        connection.out = []
+        connection.unsent = b""
+        self._connections.discard(connection)
+        self._handshakes.discard(connection)
+        if self._selector is not None:
+            try:
+                self._selector.unregister(connection.sock)
+            except (KeyError, ValueError):
+                pass
+        try:
+            connection.sock.close()
+        except OSError:
+            pass
+        self._leave_router(connection)
+
+    def _sweep(self, now: float) -> None:
         """Drop connections that went silent, never registered, or never finished closing."""
         dead_after = 5 * self.heartbeat
-        while not self._stopped.wait(min(0.5, self.heartbeat / 2)):
-            now = time.monotonic()
-            self._cut_handshakes(now)
-            with self._lock:
-                connections = list(self._connections)
-            for connection in connections:
-                silence = now - connection.last_received
-                if connection.closing_since is not None:
-                    if now - connection.closing_since > 2.0:
-                        connection.abort()
-                elif (
-                    connection.session.state is SessionState.NEW
-                    and now - connection.connected_at > self.handshake_timeout
-                ):
-                    connection.terminate(CLOSE_POLICY_VIOLATION, "no registration in time")
-                elif silence > dead_after:
-                    connection.cut(CLOSE_POLICY_VIOLATION, f"heartbeat timeout: silent for {silence:.1f} s")
-                elif not connection.native and silence > self.heartbeat:
-                    # winerp 1.x clients send nothing while idle, but their websocket library
-                    # answers a websocket ping, and the pong counts as traffic.
-                    connection.outbox.write(_PING_FRAME)
+        for connection in list(self._connections):
+            silence = now - connection.last_received
+            if connection.stage in (_Stage.TLS, _Stage.HTTP):
+                if now - connection.connected_at > self.handshake_timeout:
+                    logger.info("closing a connection that did not finish its handshake in time")
+                    self._discard(connection)
+            elif connection.stage is _Stage.CLOSING:
+                assert connection.closing_since is not None
+                if now - connection.closing_since > _CLOSING_GRACE:
+                    self._discard(connection)
+            elif connection.session is None or connection.session.state is SessionState.NEW:
+                if now - connection.connected_at > self.handshake_timeout:
+                    self.terminate(connection, CLOSE_POLICY_VIOLATION, "no registration in time")
+            elif silence > dead_after:
+                self._cut(connection, CLOSE_POLICY_VIOLATION, f"heartbeat timeout: silent for {silence:.1f} s")
+            elif not connection.native and silence > self.heartbeat:
+                # winerp 1.x clients send nothing while idle, but their websocket library
+                # answers a websocket ping, and the pong counts as traffic.
+                self._queue(connection, _PING_FRAME)
+
+    def _shut_down(self) -> None:
+        """Tell every client the hub is going away, and give them `stop`'s timeout to close."""
+        assert self._selector is not None
+        if self._listener is not None:
+            self._selector.unregister(self._listener)
+            self._listener.close()
+            self._listener = None
+        for connection in list(self._connections):
+            if connection.stage is _Stage.OPEN:
+                # winerp 1.x clients take a 1001 close for a normal one and never notice; 1012
+                # ("service restart") makes them see the drop.
+                code = CLOSE_GOING_AWAY if connection.native else CLOSE_SERVICE_RESTART
+                self.terminate(connection, code, "hub shutting down")
+            else:
+                self._discard(connection)
+        self._flush_all()
+        deadline = time.monotonic() + self._stop_timeout
+        while self._connections:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            for key, mask in self._selector.select(min(remaining, 0.1)):
+                connection = key.data
+                if connection is None:
+                    self._drain_waker()
+                    continue
+                self._on_event(connection, mask, time.monotonic())
+            self._flush_all()
+
+    def _close_everything(self) -> None:
+        for connection in list(self._connections):
+            self._discard(connection)
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        if self._selector is not None:
+            self._selector.close()
+        if self._waker is not None:
+            for end in self._waker:
+                end.close()
