@@ -239,15 +239,6 @@ def idle_sync(port: int, first: int, count: int) -> None:
 # ---------------------------------------------------------------------------- other children
 
 
-def role_hub() -> None:
-    bs.raise_nofile()
-    winerp = bs.load_winerp()
-    hub = winerp.Hub(host=B.HOST, port=0)
-    hub.start()
-    B.say("READY", {"port": hub.port})
-    threading.Event().wait(B.CHILD_MAX_S)
-
-
 def role_responder(port: int) -> None:
     winerp = bs.load_winerp()
     client = winerp.sync.Client("responder", B.HOST, port, reconnect=False)
@@ -306,8 +297,8 @@ def one_run(run: int, sizes: list[int], args: argparse.Namespace, rows: list[dic
     """One fresh hub through every size; appends a row per size to ``rows`` as it goes."""
     winerp = bs.load_winerp()
     with B.Children() as kids:
-        hub = kids.add(B.spawn_role(SCRIPT, "hub", place="hub"))
-        port = int(hub.wait_json("READY", START_TIMEOUT_S)["port"])
+        hub, port = bs.spawn_hub(B, START_TIMEOUT_S)
+        kids.add(hub)
         responder = kids.add(B.spawn_role(SCRIPT, "responder", str(port), place="responder"))
         responder.wait_line("READY", START_TIMEOUT_S)
         client = winerp.sync.Client("requester", B.HOST, port, reconnect=False)
@@ -475,9 +466,7 @@ def main() -> int:
 
     if args.role:
         B.child_setup()
-        if args.role == "hub":
-            role_hub()
-        elif args.role == "responder":
+        if args.role == "responder":
             role_responder(int(args.role_args[0]))
         elif args.role == "idle":
             bs.raise_nofile()

@@ -45,16 +45,6 @@ START_TIMEOUT_S = 15.0
 # ----------------------------------------------------------------------------------- children
 
 
-def role_hub() -> None:
-    bs.raise_nofile()
-    winerp = bs.load_winerp()
-    hub = winerp.Hub(host=B.HOST, port=0)
-    hub.start()
-    B.say("READY", {"port": hub.port})
-    # The orchestrator stops this process by PID; the watchdog ends it if the orchestrator dies.
-    threading.Event().wait(B.CHILD_MAX_S)
-
-
 def role_responder_sync(port: int) -> None:
     winerp = bs.load_winerp()
     client = winerp.sync.Client("responder", B.HOST, port, reconnect=False)
@@ -285,8 +275,8 @@ def run_variant(variant: str) -> None:
     res.note(f"hub=winerp.Hub; {variant} requester and responder; 2 hops each way")
     with B.Children() as kids:
         try:
-            hub = kids.add(B.spawn_role(SCRIPT, "hub", place="hub"))
-            port = int(hub.wait_json("READY", START_TIMEOUT_S)["port"])
+            hub, port = bs.spawn_hub(B, START_TIMEOUT_S)
+            kids.add(hub)
             responder = kids.add(
                 B.spawn_role(SCRIPT, "responder-" + variant, str(port), name="responder", place="responder")
             )
@@ -309,9 +299,7 @@ def main() -> None:
     args = B.base_args(VARIANTS)
     if args.role:
         B.child_setup()
-        if args.role == "hub":
-            role_hub()
-        elif args.role == "responder-sync":
+        if args.role == "responder-sync":
             role_responder_sync(int(args.args[0]))
         elif args.role == "responder-aio":
             asyncio.run(role_responder_aio(int(args.args[0])))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import os
 import platform
+import re
 import resource
 import subprocess
 import sys
@@ -32,6 +33,23 @@ DEFAULT_HARNESS = REPO_ROOT.parent / "shared" / "bench"
 # live in.  Children re-run the same script, so they do the same.
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(1, str(REPO_ROOT))
+
+
+def spawn_hub(benchlib: ModuleType, timeout: float) -> tuple[Any, int]:
+    """Start the hub the way a user runs it, ``python -m winerp hub``; return (child, port).
+
+    The hub process then holds the hub and nothing of the benchmark (no harness, no
+    client code), so its peak RSS is the daemon's own.
+    """
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    argv = [sys.executable, "-m", "winerp", "hub", "--host", benchlib.HOST, "--port", "0"]
+    child = benchlib.Child("hub", argv, env=env, place="hub")
+    line = child.wait_line("winerp hub", timeout)
+    found = re.search(r":(\d+) ", line)
+    if found is None:
+        raise RuntimeError(f"cannot read the hub's port from {line!r}")
+    return child, int(found.group(1))
 
 
 def harness_dir() -> Path:
