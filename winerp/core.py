@@ -8,6 +8,9 @@ and otherwise leaves the frame for the thread that is writing (so a burst leaves
 write). Nothing here blocks a caller on the network: requests return a
 `concurrent.futures.Future`, and the facades decide how to wait on it and where user
 handlers and event handlers run (the `Host` they pass in).
+
+websocket-client only opens the connection (TCP, TLS and the opening handshake); from
+then on the core reads and writes the raw socket itself, framing with `winerp.wsframe`.
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import websocket
-from websocket import ABNF
 
 from . import errors
 from .frames import (
@@ -47,6 +49,18 @@ from .frames import (
 )
 from .handshake import TOKEN_HEADER
 from .protocol import ClientProtocol, ClientState, error_from_failure, name_problem
+from .wsframe import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    FrameError,
+    FrameReader,
+    client_frame,
+    close_payload,
+    parse_close,
+)
 
 __all__ = ["ClientCore", "Host", "Call", "Gathering", "Backoff"]
 
@@ -69,6 +83,21 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_PROTOCOL_ERROR = 1002
 # Frames queued behind a busy writer before further senders wait for it (back-pressure).
 _MAX_QUEUED_FRAMES = 1024
+# Bytes asked of the socket per read: a burst of small messages comes in one recv.
+_READ_SIZE = 262144
+# The hub enforces the size limits; a client accepts anything the hub may forward. The
+# bound only stops a nonsense length from making the client buffer forever; it is raised
+# when a hub announces a larger limit (see `_receive_limit`).
+_MIN_RECEIVE_LIMIT = 1 << 31
+
+
+def _receive_limit(max_message_size: int) -> int:
+    """The largest message a client accepts when messages up to ``max_message_size`` flow.
+
+    Twice the limit, plus room for the envelope: a forwarded message is the sender's
+    payload re-wrapped by the hub (its name, the route), never a multiple of it.
+    """
+    return max(_MIN_RECEIVE_LIMIT, 2 * max_message_size + 1024)
 
 
 class Host(Protocol):
@@ -215,6 +244,8 @@ class _Connection:
         self.protocol = protocol
         assert ws.sock is not None
         self.sock: socket.socket = ws.sock
+        self.reader = FrameReader(masked=False, max_size=_receive_limit(protocol.max_message_size))
+        # Whole websocket frames (already masked) waiting for the writer.
         self.queue: collections.deque[bytes] = collections.deque()
         self.write_lock = threading.Lock()
         self.alive = True
@@ -346,10 +377,8 @@ class ClientCore:
         self._closing.set()
         connection = self._connection
         if connection is not None:
-            try:
-                connection.ws.send_close(reason=b"client closing")
-            except Exception:  # noqa: BLE001 - the connection may already be gone
-                pass
+            # _send never raises on a broken socket: it drops the connection instead.
+            self._send(connection, close_payload(1000, "client closing"), OP_CLOSE, wait=True)
             self._drop(connection)
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
@@ -498,21 +527,30 @@ class ClientCore:
 
     # writing
 
-    def _send(self, connection: _Connection, frame: bytes) -> None:
-        """Write ``frame``, or queue it for the thread already writing. Thread-safe."""
+    def _send(self, connection: _Connection, payload: bytes, opcode: int = OP_BINARY, *, wait: bool = False) -> None:
+        """Write ``payload`` as one websocket frame, or queue it for the thread already writing.
+
+        Thread-safe. Every frame, data or control (pong, close), goes through here, so writes
+        never interleave. With ``wait``, return only once the frame has been written (or
+        the write failed), e.g. a close frame before the socket is shut. A failed write
+        drops the connection; nothing is raised.
+        """
         queue = connection.queue
-        queue.append(frame)
+        queue.append(client_frame(opcode, payload))
         lock = connection.write_lock
         while queue:
-            if not lock.acquire(blocking=len(queue) > _MAX_QUEUED_FRAMES):
+            if not lock.acquire(blocking=wait or len(queue) > _MAX_QUEUED_FRAMES):
                 return  # the writing thread re-checks the queue after releasing the lock
             try:
-                parts = []
-                while queue:
-                    parts.append(ABNF.create_frame(queue.popleft(), ABNF.OPCODE_BINARY).format())
-                data = parts[0] if len(parts) == 1 else b"".join(parts)
-                # websocket-client writes its own control frames under ws.lock.
-                with connection.ws.lock:
+                # Only the lock holder takes from the queue, but the writer before it may
+                # have emptied the queue between the check above and the acquire.
+                if queue:
+                    data = queue.popleft()
+                    if queue:
+                        parts = [data]
+                        while queue:
+                            parts.append(queue.popleft())
+                        data = b"".join(parts)
                     connection.sock.sendall(data)
             except OSError as exc:
                 logger.debug("send failed: %s", exc)
@@ -521,6 +559,10 @@ class ClientCore:
                 return
             finally:
                 lock.release()
+        if wait:
+            # Another thread took the frame from the queue: wait until its write is over.
+            with lock:
+                pass
 
     # the reader thread
 
@@ -630,8 +672,10 @@ class ClientCore:
         if late:
             self._send(connection, protocol.add_routes(late))
         sock = connection.sock
-        is_tls = isinstance(sock, ssl.SSLSocket)
-        ws = connection.ws
+        # An SSL socket's recv returns at most one TLS record; what is left of it waits
+        # in the SSL buffer, where select() cannot see it.
+        tls = sock if isinstance(sock, ssl.SSLSocket) else None
+        reader = connection.reader
         was_ready = False
         next_beat = 0.0
         try:
@@ -650,39 +694,64 @@ class ClientCore:
                     if beat is not None:
                         self._send(connection, beat)
                     next_beat = now + protocol.heartbeat / 4
-                if not (is_tls and sock.pending()):  # type: ignore[attr-defined]
+                if tls is None or not tls.pending():
                     readable, _, _ = select.select([sock], [], [], protocol.heartbeat / 4)
                     if not readable:
                         continue
-                opcode, data = ws.recv_data()
-                if opcode == ABNF.OPCODE_CLOSE:
-                    self._note_close(connection, data)
-                    break
-                if opcode != ABNF.OPCODE_BINARY:
-                    raise errors.ProtocolError("the hub sent a text message on a native connection")
-                frame = protocol.receive(data, time.monotonic())
-                if isinstance(frame, Response):
-                    self._on_response(frame)
-                elif isinstance(frame, Request):
-                    self._serve_request(connection, frame)
-                elif isinstance(frame, Information):
-                    self._on_information(frame)
-                elif isinstance(frame, Failure):
-                    self._on_failure(frame)
-                elif isinstance(frame, Pong):
-                    if frame.id:
-                        self._settle(frame.id, True)
-                elif isinstance(frame, Ping):
-                    self._send(connection, protocol.pong(frame))
-                elif isinstance(frame, Presence):
-                    self.emit("on_winerp_peer_join" if frame.joined else "on_winerp_peer_leave", frame.name)
-                elif isinstance(frame, Welcome):
-                    was_ready = self._welcomed(connection, frame, start_future) or was_ready
+                try:
+                    data = sock.recv(_READ_SIZE)
+                except ssl.SSLWantReadError:
+                    continue  # a partial TLS record: wait for the rest
+                if not data:
+                    raise ConnectionError("the hub closed the connection")
+                if tls is not None and tls.pending():
+                    parts = [data]
+                    while tls.pending():
+                        parts.append(tls.recv(_READ_SIZE))
+                    data = b"".join(parts)
+                try:
+                    messages = reader.feed(data)
+                except FrameError as exc:
+                    raise errors.ProtocolError(f"bad websocket framing: {exc}") from None
+                now = time.monotonic()
+                for opcode, payload in messages:
+                    if not connection.alive:
+                        break  # dropped meanwhile (close(), a failed write): ignore the rest
+                    if opcode == OP_BINARY:
+                        frame = protocol.receive(payload, now)
+                        if isinstance(frame, Response):
+                            self._on_response(frame)
+                        elif isinstance(frame, Request):
+                            self._serve_request(connection, frame)
+                        elif isinstance(frame, Information):
+                            self._on_information(frame)
+                        elif isinstance(frame, Failure):
+                            self._on_failure(frame)
+                        elif isinstance(frame, Pong):
+                            if frame.id:
+                                self._settle(frame.id, True)
+                        elif isinstance(frame, Ping):
+                            self._send(connection, protocol.pong(frame))
+                        elif isinstance(frame, Presence):
+                            self.emit("on_winerp_peer_join" if frame.joined else "on_winerp_peer_leave", frame.name)
+                        elif isinstance(frame, Welcome):
+                            reader.max_size = max(reader.max_size, _receive_limit(frame.max_message_size))
+                            was_ready = self._welcomed(connection, frame, start_future) or was_ready
+                    elif opcode == OP_CLOSE:
+                        self._note_close(connection, payload)
+                        # Answer the hub's close, as RFC 6455 asks, before the socket is shut.
+                        self._send(connection, close_payload(1000, ""), OP_CLOSE, wait=True)
+                        return
+                    elif opcode == OP_PING:
+                        self._send(connection, payload, OP_PONG)
+                    elif opcode == OP_TEXT:
+                        raise errors.ProtocolError("the hub sent a text message on a native connection")
+                    # OP_PONG: nothing to do (the heartbeat is a protocol Ping, not a websocket one).
         except errors.ConnectionLost as exc:
             logger.warning("client %r: %s; dropping the connection", self.name, exc)
         except errors.ProtocolError as exc:
             logger.error("client %r: bad data from the hub (%s); dropping the connection", self.name, exc)
-        except (OSError, ValueError, websocket.WebSocketException) as exc:
+        except (OSError, ValueError) as exc:
             # ValueError: close() on another thread closed the socket under select().
             if connection.alive and not self._closing.is_set():
                 logger.info("client %r: connection lost: %s", self.name, exc)
@@ -716,10 +785,11 @@ class ClientCore:
         return True
 
     def _note_close(self, connection: _Connection, data: bytes) -> None:
-        if len(data) >= 2:
-            connection.close_code = int.from_bytes(data[:2], "big")
-            connection.close_reason = data[2:].decode("utf-8", "replace")
-            if connection.close_code != 1000:
+        code, reason = parse_close(data)
+        if code is not None:
+            connection.close_code = code
+            connection.close_reason = reason
+            if code != 1000:
                 logger.warning(
                     "client %r: the hub closed the connection: %d %s",
                     self.name,
