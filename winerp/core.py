@@ -676,6 +676,10 @@ class ClientCore:
         # in the SSL buffer, where select() cannot see it.
         tls = sock if isinstance(sock, ssl.SSLSocket) else None
         reader = connection.reader
+        # Reused by every read: a fresh 256 KiB bytes object per recv() would cost an mmap,
+        # an mremap and a munmap each time.
+        buffer = bytearray(_READ_SIZE)
+        view = memoryview(buffer)
         was_ready = False
         next_beat = 0.0
         try:
@@ -699,11 +703,12 @@ class ClientCore:
                     if not readable:
                         continue
                 try:
-                    data = sock.recv(_READ_SIZE)
+                    size = sock.recv_into(buffer)
                 except ssl.SSLWantReadError:
                     continue  # a partial TLS record: wait for the rest
-                if not data:
+                if not size:
                     raise ConnectionError("the hub closed the connection")
+                data = view[:size].tobytes()
                 if tls is not None and tls.pending():
                     parts = [data]
                     while tls.pending():

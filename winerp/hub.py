@@ -187,6 +187,10 @@ class Hub:
         #: Connections still in their TLS or HTTP handshake.
         self._handshakes: set[HubConnection] = set()
         self._dirty: list[HubConnection] = []
+        # One receive buffer for every read: a fresh 256 KiB bytes object per recv() would
+        # cost an mmap, an mremap and a munmap each time.
+        self._buffer = bytearray(_READ_SIZE)
+        self._view = memoryview(self._buffer)
         self._stopping = False
         self._stop_timeout = 2.0
         self._stopped = threading.Event()
@@ -383,16 +387,17 @@ class Hub:
         sock = connection.sock
         while True:
             try:
-                data = sock.recv(_READ_SIZE)
+                size = sock.recv_into(self._buffer)
             except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
                 return
             except OSError as exc:
                 logger.debug("connection %s: read failed: %s", connection.number, exc)
                 self._discard(connection)
                 return
-            if not data:
+            if not size:
                 self._discard(connection)
                 return
+            data = self._view[:size].tobytes()
             connection.last_received = now
             if connection.stage is _Stage.OPEN:
                 self._on_frames(connection, data)
