@@ -10,7 +10,6 @@ import argparse
 import json
 import logging
 import os
-import ssl
 import sys
 import time
 from collections.abc import Sequence
@@ -67,6 +66,8 @@ def _run_hub(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     context = None
     if args.certfile:
+        import ssl
+
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(args.certfile, args.keyfile)
     _raise_open_file_limit()

@@ -643,9 +643,10 @@ class ClientCore:
         if ws.getsubprotocol() != SUBPROTOCOL:
             ws.close()
             raise errors.ProtocolError(f"the server at {self.host}:{self.port} does not speak {SUBPROTOCOL}")
-        # A long socket timeout only guards against a peer that stops mid-frame; the
-        # heartbeat catches a silent hub far sooner.
-        ws.settimeout(30.0)
+        # A blocking socket: with a timeout, Python polls before every send and recv (two
+        # system calls more per message). Reads come after select(), and a stuck write is
+        # ended by the heartbeat, which shuts the socket down when the hub goes silent.
+        ws.settimeout(None)
         protocol = ClientProtocol(self.name, self.max_message_size, time.monotonic(), self._request_ids)
         return _Connection(ws, protocol)
 

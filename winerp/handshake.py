@@ -10,9 +10,18 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import hashlib
-import hmac
 from collections.abc import Collection
+
+# CPython's own SHA-1 and constant-time comparison, when present: hashlib and hmac load
+# OpenSSL, about 4 MB of the hub's memory, for one hash per connection.
+try:
+    from _sha1 import sha1  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover - a Python built without its own SHA-1
+    from hashlib import sha1
+try:
+    from _operator import _compare_digest as compare_digest
+except ImportError:  # pragma: no cover
+    from hmac import compare_digest  # type: ignore[no-redef]
 
 from .frames import SUBPROTOCOL
 
@@ -139,7 +148,7 @@ def admit(head: bytes, *, token: str | None, allowed_origins: Collection[str] | 
         # The header arrives as the client's UTF-8 bytes (decoded as latin-1 above, which
         # gives them back unchanged) with its outer whitespace stripped, as HTTP strips it.
         offered = headers.get(TOKEN_HEADER, "").encode("latin-1")
-        if not hmac.compare_digest(offered, token.strip().encode("utf-8")):
+        if not compare_digest(offered, token.strip().encode("utf-8")):
             return Refusal(401, "wrong or missing token")
     protocols = [p.strip() for p in headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
     if protocols and SUBPROTOCOL not in protocols:
@@ -154,7 +163,7 @@ _ACCEPT_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455, section 1.3
 
 def switching_protocols(admission: Admission) -> bytes:
     """The ``101`` answer that opens the websocket of an admitted request (no extensions)."""
-    accept = base64.b64encode(hashlib.sha1(admission.key.encode() + _ACCEPT_GUID).digest()).decode()
+    accept = base64.b64encode(sha1(admission.key.encode() + _ACCEPT_GUID).digest()).decode()
     head = (
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         f"Sec-WebSocket-Accept: {accept}\r\n"

@@ -20,12 +20,11 @@ import logging
 import selectors
 import signal
 import socket
-import ssl
 import threading
 import time
 import types
 from collections.abc import Collection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import errors, handshake
 from .protocol import Codec, Message, NativeCodec, Output, Router, Session, SessionState
@@ -41,6 +40,9 @@ from .wsframe import (
     parse_close,
     server_frame,
 )
+
+if TYPE_CHECKING:
+    import ssl
 
 __all__ = ["Hub", "DEFAULT_HOST", "DEFAULT_PORT", "DEFAULT_MAX_MESSAGE_SIZE"]
 
@@ -187,6 +189,13 @@ class Hub:
         #: Connections still in their TLS or HTTP handshake.
         self._handshakes: set[HubConnection] = set()
         self._dirty: list[HubConnection] = []
+        # `ssl` is imported only for a TLS hub: it loads OpenSSL, a few MB of memory.
+        self._tls = ssl_context is not None
+        self._would_block: tuple[type[OSError], ...] = (BlockingIOError,)
+        if self._tls:
+            import ssl
+
+            self._would_block = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
         # One receive buffer for every read: a fresh 256 KiB bytes object per recv() would
         # cost an mmap, an mremap and a munmap each time.
         self._buffer = bytearray(_READ_SIZE)
@@ -388,7 +397,7 @@ class Hub:
         while True:
             try:
                 size = sock.recv_into(self._buffer)
-            except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            except self._would_block:
                 return
             except OSError as exc:
                 logger.debug("connection %s: read failed: %s", connection.number, exc)
@@ -404,10 +413,12 @@ class Hub:
             elif connection.stage is _Stage.HTTP:
                 self._on_request_bytes(connection, data)
             # CLOSING: what still arrives is discarded until the peer closes its side.
-            if connection.stage is _Stage.CLOSED or not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
+            if connection.stage is _Stage.CLOSED or not (self._tls and sock.pending()):  # type: ignore[attr-defined]
                 return
 
     def _tls_handshake(self, connection: HubConnection) -> None:
+        import ssl
+
         sock = connection.sock
         assert isinstance(sock, ssl.SSLSocket)
         try:
@@ -552,7 +563,7 @@ class Hub:
                 connection.out_bytes = 0
             try:
                 sent = sock.send(connection.unsent)
-            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+            except self._would_block:
                 sent = 0
             except OSError as exc:
                 logger.debug("connection %s: write failed: %s", connection.number, exc)
