@@ -115,6 +115,15 @@ class Host(Protocol):
     def run_event(self, handler: Callable[..., Any], args: tuple[Any, ...]) -> None:
         """Run an event handler off the reader thread, events in the order they come."""
 
+    def lend_reader(self, fileno: int, read: Callable[[], bool]) -> Callable[[], bool] | None:
+        """Offer to read the connection whose socket is ``fileno``; None declines.
+
+        A facade whose callers wait on an event loop accepts, and calls ``read()`` whenever
+        the socket is readable, until it returns False (the connection is gone). It returns
+        a check that stays true while it can read (e.g. its loop is not closed). Meanwhile
+        the core's own thread stays off the socket.
+        """
+
 
 class Backoff:
     """Exponential backoff with full jitter, for reconnect attempts.
@@ -207,6 +216,17 @@ class Gathering:
             self._finish()
 
 
+def _readable(sock: socket.socket, timeout: float, tls: bool = False) -> bool:
+    """True when a read of ``sock`` would not block (False once ``timeout`` passed).
+
+    An SSL socket's recv returns at most one TLS record; the rest waits in the SSL buffer,
+    where select() cannot see it.
+    """
+    if tls and sock.pending():  # type: ignore[attr-defined]
+        return True
+    return bool(select.select([sock], [], [], timeout)[0])
+
+
 def _positional_capacity(handler: Callable[..., Any]) -> int | None:
     """How many positional arguments ``handler`` takes (None: any number)."""
     try:
@@ -253,6 +273,22 @@ class _Connection:
         self.close_reason = ""
         # Set once the Hello is on its way: routes added after that go as AddRoutes.
         self.hello_sent = False
+        self.was_ready = False
+        # The right to read the socket: the connection's own thread, or a guest (an event
+        # loop that reads it so that what its callers wait for needs no hand-off between
+        # threads; see Host.lend_reader).
+        self.read_lock = threading.Lock()
+        self.turn = threading.Condition(threading.Lock())
+        self.guest: Callable[[], bool] | None = None
+        self.bytes_read = 0
+        # Reused by every read: a fresh 256 KiB bytes object per recv() would cost an mmap,
+        # an mremap and a munmap each time.
+        self.buffer = bytearray(_READ_SIZE)
+        self.view = memoryview(self.buffer)
+
+
+class _HubClosed(Exception):
+    """The hub closed the websocket (its close frame was read and answered)."""
 
 
 class ClientCore:
@@ -673,15 +709,8 @@ class ClientCore:
         if late:
             self._send(connection, protocol.add_routes(late))
         sock = connection.sock
-        # An SSL socket's recv returns at most one TLS record; what is left of it waits
-        # in the SSL buffer, where select() cannot see it.
-        tls = sock if isinstance(sock, ssl.SSLSocket) else None
-        reader = connection.reader
-        # Reused by every read: a fresh 256 KiB bytes object per recv() would cost an mmap,
-        # an mremap and a munmap each time.
-        buffer = bytearray(_READ_SIZE)
-        view = memoryview(buffer)
-        was_ready = False
+        tls = isinstance(sock, ssl.SSLSocket)
+        tick = protocol.heartbeat / 4
         next_beat = 0.0
         try:
             while connection.alive:
@@ -695,79 +724,155 @@ class ClientCore:
                     )
                     break
                 if now >= next_beat:
+                    if connection.guest is not None and _readable(sock, 0, tls):
+                        protocol.heard(now)  # the hub spoke; the guest has yet to read it
                     beat = protocol.heartbeat_due(now)
                     if beat is not None:
                         self._send(connection, beat)
-                    next_beat = now + protocol.heartbeat / 4
-                if tls is None or not tls.pending():
-                    readable, _, _ = select.select([sock], [], [], protocol.heartbeat / 4)
-                    if not readable:
-                        continue
-                try:
-                    size = sock.recv_into(buffer)
-                except ssl.SSLWantReadError:
-                    continue  # a partial TLS record: wait for the rest
-                if not size:
-                    raise ConnectionError("the hub closed the connection")
-                data = view[:size].tobytes()
-                if tls is not None and tls.pending():
-                    parts = [data]
-                    while tls.pending():
-                        parts.append(tls.recv(_READ_SIZE))
-                    data = b"".join(parts)
-                try:
-                    messages = reader.feed(data)
-                except FrameError as exc:
-                    raise errors.ProtocolError(f"bad websocket framing: {exc}") from None
-                now = time.monotonic()
-                for opcode, payload in messages:
-                    if not connection.alive:
-                        break  # dropped meanwhile (close(), a failed write): ignore the rest
-                    if opcode == OP_BINARY:
-                        frame = protocol.receive(payload, now)
-                        if isinstance(frame, Response):
-                            self._on_response(frame)
-                        elif isinstance(frame, Request):
-                            self._serve_request(connection, frame)
-                        elif isinstance(frame, Information):
-                            self._on_information(frame)
-                        elif isinstance(frame, Failure):
-                            self._on_failure(frame)
-                        elif isinstance(frame, Pong):
-                            if frame.id:
-                                self._settle(frame.id, True)
-                        elif isinstance(frame, Ping):
-                            self._send(connection, protocol.pong(frame))
-                        elif isinstance(frame, Presence):
-                            self.emit("on_winerp_peer_join" if frame.joined else "on_winerp_peer_leave", frame.name)
-                        elif isinstance(frame, Welcome):
-                            reader.max_size = max(reader.max_size, _receive_limit(frame.max_message_size))
-                            was_ready = self._welcomed(connection, frame, start_future) or was_ready
-                    elif opcode == OP_CLOSE:
-                        self._note_close(connection, payload)
-                        # Answer the hub's close, as RFC 6455 asks, before the socket is shut.
-                        self._send(connection, close_payload(1000, ""), OP_CLOSE, wait=True)
-                        return
-                    elif opcode == OP_PING:
-                        self._send(connection, payload, OP_PONG)
-                    elif opcode == OP_TEXT:
-                        raise errors.ProtocolError("the hub sent a text message on a native connection")
-                    # OP_PONG: nothing to do (the heartbeat is a protocol Ping, not a websocket one).
+                    next_beat = now + tick
+                if connection.guest is not None:
+                    self._stand_by(connection, tick)
+                elif _readable(sock, tick, tls) and connection.read_lock.acquire(blocking=False):
+                    try:
+                        self._read_once(connection)
+                    finally:
+                        connection.read_lock.release()
+        except _HubClosed:
+            pass
         except errors.ConnectionLost as exc:
             logger.warning("client %r: %s; dropping the connection", self.name, exc)
-        except errors.ProtocolError as exc:
-            logger.error("client %r: bad data from the hub (%s); dropping the connection", self.name, exc)
-        except (OSError, ValueError) as exc:
-            # ValueError: close() on another thread closed the socket under select().
-            if connection.alive and not self._closing.is_set():
-                logger.info("client %r: connection lost: %s", self.name, exc)
+        except (errors.ProtocolError, OSError, ValueError) as exc:
+            self._log_read_error(connection, exc)
         finally:
             self._drop(connection)
-            if self._authorized or was_ready:
+            if self._authorized or connection.was_ready:
                 self.emit("on_winerp_disconnect")
-            if was_ready or self._authorized:
                 self.backoff.reset()
             self._authorized = False
+
+    def _stand_by(self, connection: _Connection, tick: float) -> None:
+        """While a guest reads: wait, and read in its place what it leaves unread.
+
+        A guest may stop reading without saying so (an event loop blocked by user code, or
+        closed without closing the client). Bytes that wait a whole tick with no read in
+        between are read here, so requests to this client are still served; a guest that
+        can no longer read at all gives the socket back for good.
+        """
+        seen = connection.bytes_read
+        with connection.turn:
+            connection.turn.wait(tick)
+        guest = connection.guest
+        if guest is None or not connection.alive:
+            return
+        if not guest():
+            connection.guest = None
+        elif connection.bytes_read == seen and _readable(connection.sock, 0):
+            self._read_available(connection)
+
+    def _lend(self, connection: _Connection) -> None:
+        """Let the facade read ``connection`` (on its event loop) if it offers to."""
+
+        def read() -> bool:
+            self._read_available(connection)
+            return connection.alive
+
+        guest = self._hooks.lend_reader(connection.sock.fileno(), read)
+        if guest is not None:
+            connection.guest = guest
+
+    def _read_available(self, connection: _Connection) -> None:
+        """Read what has arrived, unless another thread is reading (for guests and the stand-by).
+
+        Errors end the connection here; the connection's own thread then sees it gone.
+        """
+        if not connection.read_lock.acquire(blocking=False):
+            return
+        try:
+            if connection.alive and _readable(connection.sock, 0, isinstance(connection.sock, ssl.SSLSocket)):
+                self._read_once(connection)
+        except _HubClosed:
+            self._drop(connection)
+        except errors.ConnectionLost as exc:
+            logger.warning("client %r: %s; dropping the connection", self.name, exc)
+            self._drop(connection)
+        except (errors.ProtocolError, OSError, ValueError) as exc:
+            self._log_read_error(connection, exc)
+            self._drop(connection)
+        finally:
+            connection.read_lock.release()
+
+    def _log_read_error(self, connection: _Connection, exc: Exception) -> None:
+        if isinstance(exc, errors.ProtocolError):
+            logger.error("client %r: bad data from the hub (%s); dropping the connection", self.name, exc)
+        elif connection.alive and not self._closing.is_set():
+            # ValueError: close() on another thread closed the socket under select().
+            logger.info("client %r: connection lost: %s", self.name, exc)
+
+    def _read_once(self, connection: _Connection) -> None:
+        """One read from the socket, and every message it completes handled. Hold read_lock.
+
+        Raises:
+            _HubClosed: the hub closed the websocket.
+            ProtocolError, OSError, ValueError: the connection is broken.
+        """
+        sock = connection.sock
+        try:
+            size = sock.recv_into(connection.buffer)
+        except ssl.SSLWantReadError:
+            return  # a partial TLS record: wait for the rest
+        if not size:
+            raise ConnectionError("the hub closed the connection")
+        data = connection.view[:size].tobytes()
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            parts = [data]
+            while sock.pending():
+                parts.append(sock.recv(_READ_SIZE))
+            data = b"".join(parts)
+        connection.bytes_read += len(data)
+        try:
+            messages = connection.reader.feed(data)
+        except FrameError as exc:
+            raise errors.ProtocolError(f"bad websocket framing: {exc}") from None
+        now = time.monotonic()
+        protocol = connection.protocol
+        for opcode, payload in messages:
+            if not connection.alive:
+                return  # dropped meanwhile (close(), a failed write): ignore the rest
+            if opcode == OP_BINARY:
+                frame = protocol.receive(payload, now)
+                if isinstance(frame, Response):
+                    self._on_response(frame)
+                elif isinstance(frame, Request):
+                    self._serve_request(connection, frame)
+                elif isinstance(frame, Information):
+                    self._on_information(frame)
+                elif isinstance(frame, Failure):
+                    self._on_failure(frame)
+                elif isinstance(frame, Pong):
+                    if frame.id:
+                        self._settle(frame.id, True)
+                elif isinstance(frame, Ping):
+                    self._send(connection, protocol.pong(frame))
+                elif isinstance(frame, Presence):
+                    self.emit("on_winerp_peer_join" if frame.joined else "on_winerp_peer_leave", frame.name)
+                elif isinstance(frame, Welcome):
+                    reader = connection.reader
+                    reader.max_size = max(reader.max_size, _receive_limit(frame.max_message_size))
+                    assert self._start_future is not None
+                    if self._welcomed(connection, frame, self._start_future):
+                        connection.was_ready = True
+                        if connection.guest is None:
+                            self._lend(connection)
+            elif opcode == OP_CLOSE:
+                self._note_close(connection, payload)
+                # Answer the hub's close, as RFC 6455 asks, before the socket is shut.
+                self._send(connection, close_payload(1000, ""), OP_CLOSE, wait=True)
+                raise _HubClosed
+            elif opcode == OP_PING:
+                self._send(connection, payload, OP_PONG)
+            elif opcode == OP_TEXT:
+                raise errors.ProtocolError("the hub sent a text message on a native connection")
+            # OP_PONG: nothing to do (the heartbeat is a protocol Ping, not a websocket one).
 
     def _welcomed(
         self, connection: _Connection, welcome: Welcome, start_future: concurrent.futures.Future[None]
@@ -814,6 +919,8 @@ class ClientCore:
                 self._ready.clear()
                 if self._state is not ClientState.CLOSED:
                     self._state = ClientState.CONNECTING
+        with connection.turn:
+            connection.turn.notify_all()  # a standing-by reader thread sees the end at once
         try:
             connection.sock.shutdown(socket.SHUT_RDWR)
         except OSError:

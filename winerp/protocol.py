@@ -274,6 +274,10 @@ class ClientProtocol:
             raise errors.ProtocolError(f"a hub does not send {type(frame).__name__}")
         return frame
 
+    def heard(self, now: float) -> None:
+        """Note that the hub sent something not read yet (so it is alive)."""
+        self._last_received = now
+
     def heartbeat_due(self, now: float) -> bytes | None:
         """Return a heartbeat frame when one is due, else ``None``.
 
@@ -526,16 +530,9 @@ class Router:
         destination = self._destination(session, request.id, request.peer, out)
         if destination is None:
             return
-        if destination.routes_known and request.route not in destination.routes:
-            self._fail(
-                out,
-                session,
-                request.id,
-                request.peer,
-                ErrorCode.ROUTE_NOT_FOUND,
-                f"client {request.peer!r} has no route {request.route!r}",
-            )
-            return
+        # A route the hub has not heard of goes to the client all the same, which answers
+        # RouteNotFound itself if it has none: its AddRoutes may be on its way on its own
+        # connection, and the hub cannot tell which of two connections spoke first.
         self._forward(
             out, session, destination, request.id, Request(request.id, session.name, request.route, request.args)
         )

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import inspect
 import logging
+import os
 import threading
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
@@ -43,6 +45,7 @@ class Client(BaseClient):
     # No __init__ of its own: the constructor is BaseClient's, so both clients have one
     # signature. The loop is the one that called start().
     _loop: asyncio.AbstractEventLoop | None = None
+    _loop_thread: int | None = None
 
     @functools.cached_property
     def _tasks(self) -> set[asyncio.Task[None]]:
@@ -63,7 +66,8 @@ class Client(BaseClient):
             RequestTimeout: the hub did not answer within ``timeout``.
         """
         self._loop = asyncio.get_running_loop()
-        await asyncio.wrap_future(self._core.start(timeout))
+        self._loop_thread = threading.get_ident()
+        await self._bridge(self._core.start(timeout))
 
     async def wait_until_ready(self, timeout: float | None = None) -> None:
         """Wait until the client is ready.
@@ -170,7 +174,7 @@ class Client(BaseClient):
         # The timer ends the core's future itself, so no wait_for task is needed.
         timer = loop.call_later(timeout, self._core.expire, call, timeout)
         try:
-            return await asyncio.wrap_future(call.future, loop=loop)
+            return await self._bridge(call.future)
         except asyncio.CancelledError:
             self._core.forget(call)  # the late answer is dropped quietly
             raise
@@ -234,11 +238,105 @@ class Client(BaseClient):
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
+        if self._on_loop():
+            create()
+            return True
         try:
             loop.call_soon_threadsafe(create)
         except RuntimeError:  # closed between the check and the call
             return False
         return True
+
+    def lend_reader(self, fileno: int, read: Callable[[], bool]) -> Callable[[], bool] | None:
+        """Read the connection on this client's event loop (called by the core).
+
+        Answers then reach their awaiting tasks, and requests their coroutine handlers,
+        with no hand-off from another thread: the loop wakes once, for the socket.
+        """
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return None
+        reader = _LoopReader(loop, os.dup(fileno), read)
+        try:
+            loop.call_soon_threadsafe(reader.attach)
+        except RuntimeError:  # the loop closed meanwhile
+            reader.close()
+            return None
+        return reader.can_read
+
+    def _on_loop(self) -> bool:
+        return threading.get_ident() == self._loop_thread
+
+    def _bridge(self, future: concurrent.futures.Future[Any]) -> asyncio.Future[Any]:
+        """An asyncio future of this client's loop that ends with ``future``.
+
+        Like `asyncio.wrap_future`, but when ``future`` ends on the loop's own thread (the
+        loop reads the connection) the outcome is passed on at once, without a wake-up.
+        """
+        loop = self._loop
+        assert loop is not None
+        waiter = loop.create_future()
+
+        def ended(done: concurrent.futures.Future[Any]) -> None:
+            if self._on_loop():
+                _copy_outcome(done, waiter)
+                return
+            try:
+                loop.call_soon_threadsafe(_copy_outcome, done, waiter)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                pass
+
+        future.add_done_callback(ended)
+        return waiter
+
+
+class _LoopReader:
+    """The connection's socket watched by an event loop, through a file descriptor of its own.
+
+    The duplicate descriptor stays open until the loop itself stops watching it, so the
+    core may close the connection's socket at any time without the loop ever watching a
+    number the system has given to another file.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, read: Callable[[], bool]) -> None:
+        self._loop = loop
+        self._fd = fd
+        self._read = read
+        self._ok = True
+
+    def attach(self) -> None:
+        try:
+            self._loop.add_reader(self._fd, self._on_readable)
+        except Exception:  # noqa: BLE001 - e.g. a loop that cannot watch sockets: the core reads
+            self._ok = False
+            self.close()
+
+    def can_read(self) -> bool:
+        return self._ok and self._loop.is_running() and not self._loop.is_closed()
+
+    def _on_readable(self) -> None:
+        if not self._read():
+            self._ok = False
+            self._loop.remove_reader(self._fd)
+            self.close()
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _copy_outcome(source: concurrent.futures.Future[Any], target: asyncio.Future[Any]) -> None:
+    if target.done():
+        return  # cancelled meanwhile
+    if source.cancelled():
+        target.cancel()
+        return
+    error = source.exception()
+    if error is not None:
+        target.set_exception(error)
+    else:
+        target.set_result(source.result())
 
 
 def _set_once(future: asyncio.Future[None]) -> None:

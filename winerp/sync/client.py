@@ -151,6 +151,10 @@ class Client(BaseClient):
         if pool is not None:
             pool.submit(call_route, handler, source, kwargs, finish)
 
+    def lend_reader(self, fileno: int, read: Callable[[], bool]) -> Callable[[], bool] | None:
+        """Decline: a blocking client's connection is read by the core's own thread."""
+        return None
+
     def run_event(self, handler: Callable[..., Any], args: tuple[Any, ...]) -> None:
         """Run an event handler on the event thread, in order."""
         pool = self._workers.events()
