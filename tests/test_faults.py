@@ -972,3 +972,56 @@ def test_ending_a_call_that_already_ended_touches_no_request_of_a_later_connecti
     finally:
         release.set()
         hub.stop()
+
+
+# --- an aio client's loop reads its connection ---------------------------------------------
+
+
+def _aio_server_in_thread(port: int, name: str, body: Callable[[winerp.aio.Client], Any]) -> threading.Thread:
+    """Run an aio client with a plain route ``where`` on a loop of its own thread, then ``body``."""
+    ready = threading.Event()
+
+    async def main() -> None:
+        client = winerp.aio.Client(name, port=port, reconnect=False)
+        client.route("where")(lambda source: threading.current_thread().name)
+        await client.start(timeout=5)
+        ready.set()
+        await body(client)
+
+    thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    return thread
+
+
+def test_aio_client_with_a_blocked_loop_still_serves_plain_routes(hub: winerp.Hub) -> None:
+    """The loop reads the socket; while user code blocks it, the core's own thread reads instead."""
+    blocked = threading.Event()
+
+    async def block(client: winerp.aio.Client) -> None:
+        blocked.set()
+        time.sleep(3)  # a blocking call on the loop, the classic bot bug
+        await client.close()
+
+    thread = _aio_server_in_thread(hub.port, "blocked-loop", block)
+    with winerp.sync.Client("asker", port=hub.port, reconnect=False) as asker:
+        assert blocked.wait(5)
+        started = time.monotonic()
+        assert asker.request("where", "blocked-loop", timeout=5).startswith("winerp-handler")
+        assert time.monotonic() - started < 1.5
+    thread.join(10)
+
+
+def test_aio_client_whose_loop_ended_without_close_keeps_serving(hub: winerp.Hub) -> None:
+    """A loop closed under a client that was never closed gives the socket back to the core."""
+
+    async def leave(client: winerp.aio.Client) -> None:
+        return None
+
+    thread = _aio_server_in_thread(hub.port, "orphan", leave)
+    thread.join(10)
+    with winerp.sync.Client("asker", port=hub.port, reconnect=False) as asker:
+        for _ in range(3):
+            started = time.monotonic()
+            assert asker.request("where", "orphan", timeout=5).startswith("winerp-handler")
+            assert time.monotonic() - started < 1.0
