@@ -108,7 +108,7 @@ def winerp_description() -> str:
         parts[0] += f" ({rev})"
     from importlib import metadata
 
-    for dist in ("msgspec", "websocket-client", "simple-websocket"):
+    for dist in ("msgspec", "websocket-client"):
         try:
             parts.append(f"{dist} {metadata.version(dist)}")
         except metadata.PackageNotFoundError:

