@@ -7,8 +7,8 @@ where user handlers run.
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
+import queue
 import ssl
 import threading
 from collections.abc import Callable
@@ -18,7 +18,7 @@ from . import errors
 from .core import Backoff, ClientCore
 from .hub import DEFAULT_HOST, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PORT
 
-__all__ = ["BaseClient", "WorkerPools", "destinations_list", "call_route", "call_event"]
+__all__ = ["BaseClient", "WorkerPools", "Workers", "destinations_list", "call_route", "call_event"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 logger = logging.getLogger("winerp.client")
@@ -47,6 +47,68 @@ def call_event(handler: Callable[..., Any], args: tuple[Any, ...]) -> None:
         logger.exception("event handler %r raised", getattr(handler, "__name__", handler))
 
 
+class Workers:
+    """Up to ``size`` threads running submitted calls, started as the work needs them.
+
+    Lighter than `concurrent.futures.ThreadPoolExecutor` (no future, no semaphore per
+    call): a route handler is one queue put away from a worker. Calls taken in the order
+    submitted; with ``size`` 1, also run in that order. Thread-safe.
+    """
+
+    def __init__(self, size: int, name: str) -> None:
+        self._size = size
+        self._name = name
+        self._queue: queue.SimpleQueue[tuple[Callable[..., None], tuple[Any, ...]] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+        self._closed = False
+
+    def submit(self, function: Callable[..., None], *args: Any) -> None:
+        """Queue ``function(*args)``; ignored once shut down."""
+        with self._lock:
+            if self._closed:
+                return
+            if self._idle <= self._queue.qsize() and len(self._threads) < self._size:
+                thread = threading.Thread(target=self._work, name=f"{self._name}_{len(self._threads)}", daemon=True)
+                self._threads.append(thread)
+                thread.start()
+            self._queue.put((function, args))
+
+    def shutdown(self, *, wait: bool, cancel: bool) -> None:
+        """Stop the threads once the queue is done (``cancel``: drop what has not started)."""
+        with self._lock:
+            self._closed = True
+            if cancel:
+                while True:
+                    try:
+                        self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+            for _ in self._threads:
+                self._queue.put(None)
+            threads = list(self._threads)
+        if wait:
+            for thread in threads:
+                if thread is not threading.current_thread():
+                    thread.join()
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                self._idle += 1
+            item = self._queue.get()
+            with self._lock:
+                self._idle -= 1
+            if item is None:
+                return
+            function, args = item
+            try:
+                function(*args)
+            except BaseException:  # the calls catch what user code raises; this is a last resort
+                logger.exception("a worker of %s failed", self._name)
+
+
 class WorkerPools:
     """A client's worker threads: a pool for route handlers and one ordered event thread.
 
@@ -58,31 +120,27 @@ class WorkerPools:
         self._name = name
         self._handler_workers = handler_workers
         self._lock = threading.Lock()
-        self._handlers: concurrent.futures.ThreadPoolExecutor | None = None
-        self._events: concurrent.futures.ThreadPoolExecutor | None = None
+        self._handlers: Workers | None = None
+        self._events: Workers | None = None
         self.closed = False
 
-    def handlers(self) -> concurrent.futures.ThreadPoolExecutor | None:
+    def handlers(self) -> Workers | None:
         """The route handler pool, or None once closed."""
         pool = self._handlers
         if pool is None:
             with self._lock:
                 if self._handlers is None and not self.closed:
-                    self._handlers = concurrent.futures.ThreadPoolExecutor(
-                        self._handler_workers, thread_name_prefix=f"winerp-handler-{self._name}"
-                    )
+                    self._handlers = Workers(self._handler_workers, f"winerp-handler-{self._name}")
                 pool = self._handlers
         return pool
 
-    def events(self) -> concurrent.futures.ThreadPoolExecutor | None:
+    def events(self) -> Workers | None:
         """The single event thread (so events run in order), or None once closed."""
         pool = self._events
         if pool is None:
             with self._lock:
                 if self._events is None and not self.closed:
-                    self._events = concurrent.futures.ThreadPoolExecutor(
-                        1, thread_name_prefix=f"winerp-event-{self._name}"
-                    )
+                    self._events = Workers(1, f"winerp-event-{self._name}")
                 pool = self._events
         return pool
 
@@ -98,9 +156,9 @@ class WorkerPools:
             # Handlers not yet started are dropped (their callers fail with the connection);
             # queued events still run. A worker closing its own client must not wait for itself.
             if handlers is not None:
-                handlers.shutdown(wait=not own, cancel_futures=True)
+                handlers.shutdown(wait=not own, cancel=True)
             if events is not None:
-                events.shutdown(wait=not own)
+                events.shutdown(wait=not own, cancel=False)
 
         return join
 

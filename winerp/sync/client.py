@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -127,7 +128,8 @@ class Client(BaseClient):
 
     def _wait(self, call: Call, timeout: float) -> Any:
         try:
-            return call.future.result(timeout)
+            _wait_for(call.future, timeout)
+            return call.future.result(0)
         except errors.WinerpError:
             raise
         except concurrent.futures.TimeoutError:
@@ -160,3 +162,19 @@ class Client(BaseClient):
         pool = self._workers.events()
         if pool is not None:
             pool.submit(call_event, handler, args)
+
+
+def _wait_for(future: concurrent.futures.Future[Any], timeout: float) -> None:
+    """Block until ``future`` ends or ``timeout`` passes: one wake-up, not two.
+
+    ``Future.result(timeout)`` waits on the future's condition, which its setter notifies
+    while still holding it, so the waiter wakes, blocks on that lock, and is woken again. A
+    done-callback runs after the lock is released: releasing a plain lock from it wakes the
+    waiter once.
+    """
+    if future.done():
+        return
+    ended = threading.Lock()
+    ended.acquire()
+    future.add_done_callback(lambda _: ended.release())
+    ended.acquire(timeout=timeout)
