@@ -192,19 +192,9 @@ class Client(BaseClient):
     ) -> None:
         """Run a coroutine handler on the loop, a plain one in a worker thread."""
         if inspect.iscoroutinefunction(handler):
-
-            async def call_async() -> None:
-                try:
-                    value = await handler(source, **kwargs)
-                except Exception as exc:  # noqa: BLE001 - reported to the caller
-                    finish(None, exc)
-                else:
-                    finish(value, None)
-
-            if not self._spawn(call_async):
+            if not self._spawn(_run_route(handler, source, kwargs, finish)):
                 finish(None, errors.ClientNotReadyError(f"client {self.name!r} has no running event loop"))
             return
-
         pool = self._workers.handlers()
         if pool is None:
             finish(None, errors.ClientNotReadyError(f"client {self.name!r} is closed"))
@@ -214,38 +204,36 @@ class Client(BaseClient):
     def run_event(self, handler: Callable[..., Any], args: tuple[Any, ...]) -> None:
         """Run an event handler: coroutines as tasks on the loop, plain functions on the event thread."""
         if inspect.iscoroutinefunction(handler):
-
-            async def call_async() -> None:
-                try:
-                    await handler(*args)
-                except Exception:
-                    logger.exception("event handler %r raised", handler.__name__)
-
-            self._spawn(call_async)
+            self._spawn(_run_event(handler, args))
             return
         pool = self._workers.events()
         if pool is not None:
             pool.submit(call_event, handler, args)
 
-    def _spawn(self, coroutine_function: Callable[[], Coroutine[Any, Any, None]]) -> bool:
-        """Start a task on the client's loop from any thread; False if the loop is gone."""
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> bool:
+        """Start ``coroutine`` as a task on the client's loop, from any thread; False if the loop is gone."""
         loop = self._loop
         if loop is None or loop.is_closed() or self._workers.closed:
+            coroutine.close()
             return False
-
-        def create() -> None:
-            task = loop.create_task(coroutine_function())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
         if self._on_loop():
-            create()
+            self._track_task(loop.create_task(coroutine))
             return True
         try:
-            loop.call_soon_threadsafe(create)
+            loop.call_soon_threadsafe(self._start_task, coroutine)
         except RuntimeError:  # closed between the check and the call
+            coroutine.close()
             return False
         return True
+
+    def _start_task(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        assert self._loop is not None
+        self._track_task(self._loop.create_task(coroutine))
+
+    def _track_task(self, task: asyncio.Task[None]) -> None:
+        # Kept until done, so that close() can cancel what is still running.
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def lend_reader(self, fileno: int, read: Callable[[], bool]) -> Callable[[], bool] | None:
         """Read the connection on this client's event loop (called by the core).
@@ -324,6 +312,27 @@ class _LoopReader:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+async def _run_route(
+    handler: Callable[..., Any],
+    source: str,
+    kwargs: dict[str, Any],
+    finish: Callable[[Any, BaseException | None], None],
+) -> None:
+    try:
+        value = await handler(source, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - reported to the caller
+        finish(None, exc)
+    else:
+        finish(value, None)
+
+
+async def _run_event(handler: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    try:
+        await handler(*args)
+    except Exception:
+        logger.exception("event handler %r raised", getattr(handler, "__name__", handler))
 
 
 def _copy_outcome(source: concurrent.futures.Future[Any], target: asyncio.Future[Any]) -> None:
