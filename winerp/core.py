@@ -3,11 +3,14 @@
 Everything that does not depend on *how* a caller waits lives here, once, for both
 facades. One thread per client, ``winerp-reader-<name>``, owns the connection: it connects,
 registers, reads every frame, resolves pending futures, sends heartbeats and reconnects.
-Callers on any thread send through `_send`, which writes directly when the socket is free
-and otherwise leaves the frame for the thread that is writing (so a burst leaves as one
-write). Nothing here blocks a caller on the network: requests return a
-`concurrent.futures.Future`, and the facades decide how to wait on it and where user
-handlers and event handlers run (the `Host` they pass in).
+A facade may offer to read instead (`Host.lend_reader`): the asyncio client's event loop
+reads its own connection, so answers and requests reach it without a thread hand-off,
+while the reader thread stands by and reads in its place if the loop stalls. Callers on any
+thread send through `_send`, which writes directly when the socket is free and otherwise
+leaves the frame for the thread that is writing (so a burst leaves as one write). Nothing
+here blocks a caller on the network: requests return a `concurrent.futures.Future`, and the
+facades decide how to wait on it and where user handlers and event handlers run (the
+`Host` they pass in).
 
 websocket-client only opens the connection (TCP, TLS and the opening handshake); from
 then on the core reads and writes the raw socket itself, framing with `winerp.wsframe`.
