@@ -86,6 +86,7 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_PROTOCOL_ERROR = 1002
 # Frames queued behind a busy writer before further senders wait for it (back-pressure).
 _MAX_QUEUED_FRAMES = 1024
+_MSG_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 # Bytes asked of the socket per read: a burst of small messages comes in one recv.
 _READ_SIZE = 262144
 # The hub enforces the size limits; a client accepts anything the hub may forward. The
@@ -791,8 +792,14 @@ class ClientCore:
         if not connection.read_lock.acquire(blocking=False):
             return
         try:
-            if connection.alive and _readable(connection.sock, 0, isinstance(connection.sock, ssl.SSLSocket)):
-                self._read_once(connection)
+            sock = connection.sock
+            tls = isinstance(sock, ssl.SSLSocket)
+            # Another reader may have taken what woke this one: never block here. A plain
+            # socket is read without waiting; TLS (no recv flags) is checked first.
+            if connection.alive and ((_MSG_DONTWAIT and not tls) or _readable(sock, 0, tls)):
+                self._read_once(connection, _MSG_DONTWAIT if not tls else 0)
+        except BlockingIOError:
+            pass
         except _HubClosed:
             self._drop(connection)
         except errors.ConnectionLost as exc:
@@ -811,7 +818,7 @@ class ClientCore:
             # ValueError: close() on another thread closed the socket under select().
             logger.info("client %r: connection lost: %s", self.name, exc)
 
-    def _read_once(self, connection: _Connection) -> None:
+    def _read_once(self, connection: _Connection, flags: int = 0) -> None:
         """One read from the socket, and every message it completes handled. Hold read_lock.
 
         Raises:
@@ -820,7 +827,7 @@ class ClientCore:
         """
         sock = connection.sock
         try:
-            size = sock.recv_into(connection.buffer)
+            size = sock.recv_into(connection.buffer, 0, flags)
         except ssl.SSLWantReadError:
             return  # a partial TLS record: wait for the rest
         if not size:
