@@ -90,7 +90,7 @@ def server_frame(opcode: int, payload: bytes) -> bytes:
 
 def client_frame(opcode: int, payload: bytes) -> bytes:
     """One final, masked frame (client to hub), with a fresh key of four equal bytes."""
-    byte = random.randint(1, 255)
+    byte = random.getrandbits(8) or 1  # 0 would leave the payload as it is
     return (
         _header(0x80 | opcode, len(payload), 0x80)
         + bytes((byte, byte, byte, byte))
