@@ -300,7 +300,10 @@ class _LoopReader:
             self.close()
 
     def can_read(self) -> bool:
-        return self._ok and self._loop.is_running() and not self._loop.is_closed()
+        if self._loop.is_closed():
+            self.close()  # a closed loop watches nothing any more: the descriptor is free to go
+            return False
+        return self._ok and self._loop.is_running()
 
     def _on_readable(self) -> None:
         if not self._read():
