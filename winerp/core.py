@@ -716,10 +716,12 @@ class ClientCore:
         tls = isinstance(sock, ssl.SSLSocket)
         tick = protocol.heartbeat / 4
         next_beat = 0.0
+        starting = not start_future.done()
         try:
             while connection.alive:
                 now = time.monotonic()
-                if now >= start_deadline and not start_future.done():
+                # `starting` spares a look at the future's lock on every turn once started.
+                if starting and now >= start_deadline and not start_future.done():
                     _resolve(
                         start_future,
                         error=errors.RequestTimeout(
@@ -728,6 +730,7 @@ class ClientCore:
                     )
                     break
                 if now >= next_beat:
+                    starting = starting and not start_future.done()
                     if connection.guest is not None and _readable(sock, 0, tls):
                         protocol.heard(now)  # the hub spoke; the guest has yet to read it
                     beat = protocol.heartbeat_due(now)
