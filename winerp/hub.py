@@ -98,6 +98,7 @@ class HubConnection:
         "sock",
         "stage",
         "unsent",
+        "watching_writes",
         "writing",
     )
 
@@ -116,6 +117,7 @@ class HubConnection:
         # finish must be retried with the very same bytes.
         self.unsent = b""
         self.dirty = False
+        self.watching_writes = False
         self.writing = False
         self.connected_at = self.last_received = now
         self.closing_since: float | None = None
@@ -592,13 +594,15 @@ class Hub:
             self._flush(connection)
 
     def _watch(self, connection: HubConnection, *, write: bool) -> None:
+        if connection.watching_writes == write:
+            return  # the usual case, decided without asking the selector
         assert self._selector is not None
         events = selectors.EVENT_READ | (selectors.EVENT_WRITE if write else 0)
         try:
-            if self._selector.get_key(connection.sock).events != events:
-                self._selector.modify(connection.sock, events, connection)
+            self._selector.modify(connection.sock, events, connection)
         except (KeyError, ValueError):
-            pass
+            return
+        connection.watching_writes = write
 
     # ending connections
 
