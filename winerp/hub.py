@@ -64,8 +64,12 @@ CLOSE_OVERLOADED = 1013
 
 _READ_SIZE = 256 * 1024
 _PING_FRAME = server_frame(OP_PING, b"")
-# How long a connection may take to finish closing (our close frame sent) before it is cut.
+# How long a connection may take to finish closing (our close frame sent) before it is cut:
+# a quiet peer gets _CLOSING_GRACE; one still sending (e.g. the rest of a message too big to
+# take) up to _CLOSING_LIMIT, since cutting it while it sends resets the connection and
+# loses the close frame and its reason.
 _CLOSING_GRACE = 2.0
+_CLOSING_LIMIT = 10.0
 
 
 class _Stage(enum.Enum):
@@ -697,7 +701,10 @@ class Hub:
                     self._discard(connection)
             elif connection.stage is _Stage.CLOSING:
                 assert connection.closing_since is not None
-                if now - connection.closing_since > _CLOSING_GRACE:
+                closing_for = now - connection.closing_since
+                if closing_for > _CLOSING_LIMIT or (
+                    closing_for > _CLOSING_GRACE and now - connection.last_received > _CLOSING_GRACE / 4
+                ):
                     self._discard(connection)
             elif connection.session is None or connection.session.state is SessionState.NEW:
                 if now - connection.connected_at > self.handshake_timeout:
