@@ -289,9 +289,16 @@ async def _tls_aio_clients(tls_hub: winerp.Hub, client_context: ssl.SSLContext) 
         async def double(source: str, x: int) -> int:
             return 2 * x
 
+        @server.route
+        async def echo(source: str, x: bytes) -> bytes:
+            return x
+
         async with winerp.aio.Client("aio-caller", port=tls_hub.port, ssl_context=client_context) as caller:
             results = await asyncio.gather(*(caller.request("double", "aio-server", timeout=5, x=i) for i in range(20)))
             assert results == [2 * i for i in range(20)]
+            # Many TLS records per message, read by the event loop (the loop reader).
+            big = os.urandom(3 * 1024 * 1024)
+            assert await caller.request("echo", "aio-server", timeout=20, x=big) == big
             assert await caller.ping("aio-server")
 
 
