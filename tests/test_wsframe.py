@@ -131,3 +131,23 @@ def test_any_bytes_give_messages_or_a_frame_error(data: bytes, masked: bool) -> 
             assert isinstance(payload, bytes)
     except FrameError as exc:
         assert exc.code in (1002, 1007, 1009)
+
+
+def test_the_single_frame_shortcut_keeps_every_rule() -> None:
+    """One whole frame per read takes a shortcut; it must refuse what the general path refuses."""
+    small = FrameReader(masked=True, max_size=100)
+    with pytest.raises(FrameError) as caught:
+        small.feed(client_frame(OP_BINARY, b"x" * 101))
+    assert caught.value.code == 1009
+    with pytest.raises(FrameError):
+        FrameReader(masked=True, max_size=1000).feed(server_frame(OP_BINARY, b"unmasked"))
+    with pytest.raises(FrameError):
+        FrameReader(masked=False, max_size=1000).feed(client_frame(OP_BINARY, b"masked"))
+    for size in (0, 1, 125, 126, 127, 1000, 65535):
+        payload = os.urandom(size)
+        assert FrameReader(masked=True, max_size=1 << 20).feed(client_frame(OP_BINARY, payload)) == [
+            (OP_BINARY, payload)
+        ]
+        assert FrameReader(masked=False, max_size=1 << 20).feed(server_frame(OP_BINARY, payload)) == [
+            (OP_BINARY, payload)
+        ]

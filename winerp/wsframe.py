@@ -162,6 +162,24 @@ class FrameReader:
                 return []
             data = b"".join(self._chunks)
             self._chunks = []
+        elif len(data) > 2 and data[0] == 0x82 and self._fragments is None:
+            # The common case, taken in a few steps: exactly one whole, final, binary frame
+            # of under 64 KiB, masked as it must be.
+            second = data[1]
+            size = second & 0x7F
+            head = 2 if size < 126 else 4
+            if size == 126:
+                size = _U16.unpack_from(data, 2)[0]
+            if (
+                size != 127
+                and size <= self.max_size
+                and (second >> 7) == self.masked
+                and len(data) == head + 4 * self.masked + size
+            ):
+                if not self.masked:
+                    return [(OP_BINARY, data[head:])]
+                key = data[head : head + 4]
+                return [(OP_BINARY, unmask(data[head + 4 :], key))]
         messages: list[tuple[int, bytes]] = []
         position = 0
         end = len(data)
