@@ -69,7 +69,13 @@ class Workers:
         with self._lock:
             if self._closed:
                 return
-            if self._idle <= self._queue.qsize() and len(self._threads) < self._size:
+            if self._idle:
+                # An idle worker is claimed for this call here, under the lock: counting
+                # idle workers from the workers' side instead leaves a window in which a
+                # worker that just took a call still counts as idle, and a call can then
+                # wait behind a long handler while the pool could still grow.
+                self._idle -= 1
+            elif len(self._threads) < self._size:
                 thread = threading.Thread(target=self._work, name=f"{self._name}_{len(self._threads)}", daemon=True)
                 self._threads.append(thread)
                 thread.start()
@@ -95,11 +101,7 @@ class Workers:
 
     def _work(self) -> None:
         while True:
-            with self._lock:
-                self._idle += 1
             item = self._queue.get()
-            with self._lock:
-                self._idle -= 1
             if item is None:
                 return
             function, args = item
@@ -107,6 +109,8 @@ class Workers:
                 function(*args)
             except BaseException:  # the calls catch what user code raises; this is a last resort
                 logger.exception("a worker of %s failed", self._name)
+            with self._lock:
+                self._idle += 1
 
 
 class WorkerPools:
