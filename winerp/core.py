@@ -739,16 +739,11 @@ class ClientCore:
                     next_beat = now + tick
                 if connection.guest is not None:
                     self._stand_by(connection, tick)
-                elif _readable(sock, tick, tls) and connection.read_lock.acquire(blocking=False):
-                    try:
-                        self._read_once(connection)
-                    finally:
-                        connection.read_lock.release()
-        except _HubClosed:
-            pass
-        except errors.ConnectionLost as exc:
+                elif _readable(sock, tick, tls):
+                    self._read_available(connection)
+        except errors.ConnectionLost as exc:  # the heartbeat found the hub silent
             logger.warning("client %r: %s; dropping the connection", self.name, exc)
-        except (errors.ProtocolError, OSError, ValueError) as exc:
+        except (OSError, ValueError) as exc:  # select() on a socket close() shut
             self._log_read_error(connection, exc)
         finally:
             self._drop(connection)
@@ -788,9 +783,10 @@ class ClientCore:
             connection.guest = guest
 
     def _read_available(self, connection: _Connection) -> None:
-        """Read what has arrived, unless another thread is reading (for guests and the stand-by).
+        """Read what has arrived, unless another thread is reading; never blocks.
 
-        Errors end the connection here; the connection's own thread then sees it gone.
+        The one way in to `_read_once`, for the connection's own thread, a guest and the
+        stand-by alike. Errors end the connection here; its own thread then sees it gone.
         """
         if not connection.read_lock.acquire(blocking=False):
             return
@@ -804,9 +800,6 @@ class ClientCore:
         except BlockingIOError:
             pass
         except _HubClosed:
-            self._drop(connection)
-        except errors.ConnectionLost as exc:
-            logger.warning("client %r: %s; dropping the connection", self.name, exc)
             self._drop(connection)
         except (errors.ProtocolError, OSError, ValueError) as exc:
             self._log_read_error(connection, exc)

@@ -490,7 +490,7 @@ class Hub:
         try:
             messages = connection.reader.feed(data)
         except FrameError as exc:
-            self.terminate(connection, exc.code, exc.reason)
+            self._terminate(connection, exc.code, exc.reason)
             return
         for opcode, payload in messages:
             if connection.stage is not _Stage.OPEN:
@@ -501,7 +501,7 @@ class Hub:
                 try:
                     text = payload.decode()
                 except UnicodeDecodeError:
-                    self.terminate(connection, CLOSE_INVALID_DATA, "text message is not valid UTF-8")
+                    self._terminate(connection, CLOSE_INVALID_DATA, "text message is not valid UTF-8")
                     return
                 self._route(connection, text)
             elif opcode == OP_PING:
@@ -521,12 +521,12 @@ class Hub:
             with self._lock:
                 out = self._router.receive(session, message)
         except errors.ProtocolError as exc:
-            self.terminate(connection, CLOSE_PROTOCOL_ERROR, str(exc))
+            self._terminate(connection, CLOSE_PROTOCOL_ERROR, str(exc))
             return
         except Exception:
             # A router bug must cost one connection, with a close frame, not the hub.
             logger.exception("routing a message from connection %s failed", connection.number)
-            self.terminate(connection, CLOSE_INTERNAL_ERROR, "internal error in the hub")
+            self._terminate(connection, CLOSE_INTERNAL_ERROR, "internal error in the hub")
             return
         self._deliver(out)
 
@@ -610,7 +610,7 @@ class Hub:
 
     # ending connections
 
-    def terminate(self, connection: HubConnection, code: int, reason: str) -> None:
+    def _terminate(self, connection: HubConnection, code: int, reason: str) -> None:
         """Send a close frame, then end the connection once it is out."""
         if connection.stage is not _Stage.OPEN:
             if connection.stage in (_Stage.TLS, _Stage.HTTP):
@@ -708,7 +708,7 @@ class Hub:
                     self._discard(connection)
             elif connection.session is None or connection.session.state is SessionState.NEW:
                 if now - connection.connected_at > self.handshake_timeout:
-                    self.terminate(connection, CLOSE_POLICY_VIOLATION, "no registration in time")
+                    self._terminate(connection, CLOSE_POLICY_VIOLATION, "no registration in time")
             elif silence > dead_after:
                 self._cut(connection, CLOSE_POLICY_VIOLATION, f"heartbeat timeout: silent for {silence:.1f} s")
             elif not connection.native and silence > self.heartbeat:
@@ -728,7 +728,7 @@ class Hub:
                 # winerp 1.x clients take a 1001 close for a normal one and never notice; 1012
                 # ("service restart") makes them see the drop.
                 code = CLOSE_GOING_AWAY if connection.native else CLOSE_SERVICE_RESTART
-                self.terminate(connection, code, "hub shutting down")
+                self._terminate(connection, code, "hub shutting down")
             else:
                 self._discard(connection)
         self._flush_all()
