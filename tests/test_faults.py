@@ -38,7 +38,7 @@ import winerp
 import winerp.aio
 import winerp.sync
 from winerp import errors
-from winerp.frames import SUBPROTOCOL
+from winerp.frames import SUBPROTOCOL, Hello
 
 try:
     from conftest import ROOT, wait_for, winerp_threads
@@ -921,7 +921,7 @@ def test_route_added_while_the_client_registers_is_served(
             proceed.wait(5)
         register(session, hello, out)
 
-    monkeypatch.setattr(hub._router, "_register", held_register)
+    monkeypatch.setitem(hub._router._handlers, Hello, held_register)
     side = make_side(kind, "main", hub.port)
     side.route("early", echo_route)
     starting = calls.submit(side.start)

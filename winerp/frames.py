@@ -42,6 +42,8 @@ __all__ = [
     "encode_value",
     "decode_value",
     "EMPTY_ARGS",
+    "FRAME_ENCODER",
+    "FRAME_DECODER",
 ]
 
 PROTOCOL_VERSION: Final = 1
@@ -166,6 +168,10 @@ Frame = Union[Hello, Welcome, AddRoutes, Request, Response, Failure, Inform, Inf
 
 _frame_encoder: Final = msgspec.msgpack.Encoder()
 _frame_decoder: Final = msgspec.msgpack.Decoder(Frame)
+#: The bare msgspec codec of frames, for per-message paths that call it without a wrapper;
+#: the decoder raises msgspec's own errors (`decode_frame` turns them into ProtocolError).
+FRAME_ENCODER: Final = _frame_encoder
+FRAME_DECODER: Final = _frame_decoder
 
 
 def encode_frame(frame: Frame) -> bytes:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import enum
 import logging
-import selectors
 import signal
 import socket
 import threading
@@ -27,6 +26,7 @@ from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 from . import errors, handshake
+from .poller import IN, OUT, Poller
 from .protocol import Codec, Message, NativeCodec, Output, Router, Session, SessionState
 from .wsframe import (
     OP_BINARY,
@@ -39,6 +39,7 @@ from .wsframe import (
     close_payload,
     parse_close,
     server_frame,
+    server_header,
 )
 
 if TYPE_CHECKING:
@@ -64,6 +65,8 @@ CLOSE_OVERLOADED = 1013
 
 _READ_SIZE = 256 * 1024
 _PING_FRAME = server_frame(OP_PING, b"")
+# Headers of the usual routed message, a binary frame of under 126 bytes, by size.
+_SHORT_BINARY_HEADERS = [server_header(OP_BINARY, size) for size in range(126)]
 # How long a connection may take to finish closing (our close frame sent) before it is cut:
 # a quiet peer gets _CLOSING_GRACE; one still sending (e.g. the rest of a message too big to
 # take) up to _CLOSING_LIMIT, since cutting it while it sends resets the connection and
@@ -132,10 +135,7 @@ class HubConnection:
 
     def send_message(self, message: Message) -> None:
         """Frame and queue one routed message for this client (the router's transport hook)."""
-        if isinstance(message, bytes):
-            self.hub._queue(self, server_frame(OP_BINARY, message))
-        else:
-            self.hub._queue(self, server_frame(OP_TEXT, message.encode()))
+        self.hub._queue_message(self, message)
 
 
 class Hub:
@@ -188,7 +188,9 @@ class Hub:
         # Guards the router against `clients` and `status` called from other threads.
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
-        self._selector: selectors.BaseSelector | None = None
+        self._poller: Poller | None = None
+        # The connection behind each descriptor the poller watches (not the listener's or the waker's).
+        self._by_fd: dict[int, HubConnection] = {}
         self._waker: tuple[socket.socket, socket.socket] | None = None
         self._thread: threading.Thread | None = None
         self._connections: set[HubConnection] = set()
@@ -254,9 +256,9 @@ class Hub:
         self._waker = socket.socketpair()
         for end in self._waker:
             end.setblocking(False)
-        self._selector = selectors.DefaultSelector()
-        self._selector.register(listener, selectors.EVENT_READ, None)
-        self._selector.register(self._waker[0], selectors.EVENT_READ, None)
+        self._poller = Poller()
+        self._poller.register(listener)
+        self._poller.register(self._waker[0])
         self._started = True
         self._thread = threading.Thread(target=self._run, name="winerp-hub", daemon=True)
         self._thread.start()
@@ -317,24 +319,26 @@ class Hub:
                 pass
 
     def _run(self) -> None:
-        selector = self._selector
-        assert selector is not None
+        assert self._poller is not None and self._listener is not None
+        poll = self._poller.poll
+        by_fd = self._by_fd
+        listener = self._listener.fileno()
         sweep_every = min(0.5, self.heartbeat / 2)
         next_sweep = time.monotonic() + sweep_every
         try:
             while not self._stopping:
-                events = selector.select(max(0.0, next_sweep - time.monotonic()))
+                ready = poll(max(0.0, next_sweep - time.monotonic()))
                 now = time.monotonic()
-                for key, mask in events:
-                    connection = key.data
-                    if connection is None:
-                        if key.fileobj is self._listener:
-                            self._accept(now)
-                        else:
-                            self._drain_waker()
-                        continue
-                    self._on_event(connection, mask, now)
-                self._flush_all()
+                for fd, events in ready:
+                    connection = by_fd.get(fd)
+                    if connection is not None:
+                        self._on_event(connection, events, now)
+                    elif fd == listener:
+                        self._accept(now)
+                    else:
+                        self._drain_waker()  # or a stale event of a connection gone meanwhile
+                if self._dirty:
+                    self._flush_all()
                 if now >= next_sweep:
                     self._sweep(now)
                     self._flush_all()
@@ -346,11 +350,14 @@ class Hub:
         finally:
             self._close_everything()
 
-    def _on_event(self, connection: HubConnection, mask: int, now: float) -> None:
+    def _on_event(self, connection: HubConnection, events: int, now: float) -> None:
         try:
-            if mask & selectors.EVENT_WRITE and connection.stage is not _Stage.CLOSED:
+            if events == IN:  # the usual case
+                self._on_readable(connection, now)
+                return
+            if events & ~IN and connection.stage is not _Stage.CLOSED:
                 self._on_writable(connection)
-            if mask & selectors.EVENT_READ and connection.stage is not _Stage.CLOSED:
+            if events & ~OUT and connection.stage is not _Stage.CLOSED:
                 self._on_readable(connection, now)
         except Exception:
             # A bug must cost one connection, not the hub.
@@ -367,7 +374,7 @@ class Hub:
             pass
 
     def _accept(self, now: float) -> None:
-        assert self._listener is not None and self._selector is not None
+        assert self._listener is not None and self._poller is not None
         while True:
             try:
                 sock, _address = self._listener.accept()
@@ -389,7 +396,8 @@ class Hub:
             connection = HubConnection(self, sock, next(self._numbers), now, tls=self.ssl_context is not None)
             self._connections.add(connection)
             self._handshakes.add(connection)
-            self._selector.register(sock, selectors.EVENT_READ, connection)
+            self._poller.register(sock)
+            self._by_fd[sock.fileno()] = connection
             if connection.stage is _Stage.TLS:
                 self._tls_handshake(connection)
 
@@ -486,24 +494,38 @@ class Hub:
         self._finish(connection)
 
     def _on_frames(self, connection: HubConnection, data: bytes) -> None:
-        assert connection.reader is not None
+        assert connection.reader is not None and connection.session is not None
         try:
             messages = connection.reader.feed(data)
         except FrameError as exc:
             self._terminate(connection, exc.code, exc.reason)
             return
+        session = connection.session
+        router = self._router
         for opcode, payload in messages:
             if connection.stage is not _Stage.OPEN:
                 return
-            if opcode == OP_BINARY:
-                self._route(connection, payload)
-            elif opcode == OP_TEXT:
+            if opcode in (OP_BINARY, OP_TEXT):
+                message: Message = payload
+                if opcode == OP_TEXT:
+                    try:
+                        message = payload.decode()
+                    except UnicodeDecodeError:
+                        self._terminate(connection, CLOSE_INVALID_DATA, "text message is not valid UTF-8")
+                        return
                 try:
-                    text = payload.decode()
-                except UnicodeDecodeError:
-                    self._terminate(connection, CLOSE_INVALID_DATA, "text message is not valid UTF-8")
+                    with self._lock:
+                        out = router.receive(session, message)
+                except errors.ProtocolError as exc:
+                    self._terminate(connection, CLOSE_PROTOCOL_ERROR, str(exc))
                     return
-                self._route(connection, text)
+                except Exception:
+                    # A router bug must cost one connection, with a close frame, not the hub.
+                    logger.exception("routing a message from connection %s failed", connection.number)
+                    self._terminate(connection, CLOSE_INTERNAL_ERROR, "internal error in the hub")
+                    return
+                for destination, routed in out:
+                    self._queue_message(destination.transport, routed)
             elif opcode == OP_PING:
                 self._queue(connection, server_frame(OP_PONG, payload))
             elif opcode == OP_CLOSE:
@@ -514,28 +536,32 @@ class Hub:
                 return
             # OP_PONG: being read at all is what counts (last_received).
 
-    def _route(self, connection: HubConnection, message: Message) -> None:
-        session = connection.session
-        assert session is not None
-        try:
-            with self._lock:
-                out = self._router.receive(session, message)
-        except errors.ProtocolError as exc:
-            self._terminate(connection, CLOSE_PROTOCOL_ERROR, str(exc))
-            return
-        except Exception:
-            # A router bug must cost one connection, with a close frame, not the hub.
-            logger.exception("routing a message from connection %s failed", connection.number)
-            self._terminate(connection, CLOSE_INTERNAL_ERROR, "internal error in the hub")
-            return
-        self._deliver(out)
-
-    @staticmethod
-    def _deliver(out: Output) -> None:
+    def _deliver(self, out: Output) -> None:
         for session, message in out:
-            session.transport.send_message(message)
+            self._queue_message(session.transport, message)
 
     # writing
+
+    def _queue_message(self, connection: HubConnection, message: Message) -> None:
+        """Queue one routed message for ``connection``, framed (header and body kept apart)."""
+        if connection.stage is _Stage.CLOSED or connection.writing:
+            return
+        if isinstance(message, bytes):
+            size = len(message)
+            header = _SHORT_BINARY_HEADERS[size] if size < 126 else server_header(OP_BINARY, size)
+        else:
+            message = message.encode()
+            header = server_header(OP_TEXT, len(message))
+        out = connection.out
+        out.append(header)
+        out.append(message)
+        connection.out_bytes += len(header) + len(message)
+        if connection.out_bytes + len(connection.unsent) > self.outbox_limit:
+            self._overflowed(connection)
+            return
+        if not connection.dirty:
+            connection.dirty = True
+            self._dirty.append(connection)
 
     def _queue(self, connection: HubConnection, data: bytes) -> None:
         if connection.stage is _Stage.CLOSED or connection.writing:
@@ -580,7 +606,8 @@ class Hub:
                 self._watch(connection, write=True)
                 return
             connection.unsent = b""
-        self._watch(connection, write=False)
+        if connection.watching_writes:
+            self._watch(connection, write=False)
         if connection.stage is _Stage.CLOSING and connection.writing:
             # Our last bytes are out. Half-close and keep reading (and discarding) until the
             # peer closes too: closing with unread input would reset the connection, and the
@@ -599,12 +626,11 @@ class Hub:
 
     def _watch(self, connection: HubConnection, *, write: bool) -> None:
         if connection.watching_writes == write:
-            return  # the usual case, decided without asking the selector
-        assert self._selector is not None
-        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if write else 0)
+            return  # the usual case, decided without asking the poller
+        assert self._poller is not None
         try:
-            self._selector.modify(connection.sock, events, connection)
-        except (KeyError, ValueError):
+            self._poller.watch_writes(connection.sock, write)
+        except (KeyError, ValueError, OSError):
             return
         connection.watching_writes = write
 
@@ -679,11 +705,10 @@ class Hub:
         connection.unsent = b""
         self._connections.discard(connection)
         self._handshakes.discard(connection)
-        if self._selector is not None:
-            try:
-                self._selector.unregister(connection.sock)
-            except (KeyError, ValueError):
-                pass
+        if self._poller is not None:
+            if self._by_fd.get(connection.sock.fileno()) is connection:
+                del self._by_fd[connection.sock.fileno()]
+            self._poller.unregister(connection.sock)
         try:
             connection.sock.close()
         except OSError:
@@ -718,9 +743,9 @@ class Hub:
 
     def _shut_down(self) -> None:
         """Tell every client the hub is going away, and give them `stop`'s timeout to close."""
-        assert self._selector is not None
+        assert self._poller is not None
         if self._listener is not None:
-            self._selector.unregister(self._listener)
+            self._poller.unregister(self._listener)
             self._listener.close()
             self._listener = None
         for connection in list(self._connections):
@@ -737,12 +762,12 @@ class Hub:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            for key, mask in self._selector.select(min(remaining, 0.1)):
-                connection = key.data
-                if connection is None:
+            for fd, events in self._poller.poll(min(remaining, 0.1)):
+                ready = self._by_fd.get(fd)
+                if ready is None:
                     self._drain_waker()
                     continue
-                self._on_event(connection, mask, time.monotonic())
+                self._on_event(ready, events, time.monotonic())
             self._flush_all()
 
     def _close_everything(self) -> None:
@@ -751,8 +776,8 @@ class Hub:
         if self._listener is not None:
             self._listener.close()
             self._listener = None
-        if self._selector is not None:
-            self._selector.close()
+        if self._poller is not None:
+            self._poller.close()
         if self._waker is not None:
             for end in self._waker:
                 end.close()

@@ -22,10 +22,13 @@ import re
 from collections.abc import Iterable, Iterator
 from typing import Any, Protocol, Union
 
+import msgspec
 from msgspec import Raw
 
 from . import errors
 from .frames import (
+    FRAME_DECODER,
+    FRAME_ENCODER,
     HUB,
     AddRoutes,
     ErrorCode,
@@ -79,6 +82,10 @@ class Undeliverable(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+_encode_frame = FRAME_ENCODER.encode
+_decode_frame = FRAME_DECODER.decode
 
 
 class Codec(Protocol):
@@ -314,8 +321,27 @@ class Session:
         now: Wall-clock time of the connection, for status.
     """
 
+    __slots__ = (
+        "awaiting",
+        "bytes_in",
+        "bytes_out",
+        "codec",
+        "connected_since",
+        "messages_in",
+        "messages_out",
+        "name",
+        "native",
+        "routes",
+        "routes_known",
+        "serving",
+        "state",
+        "transport",
+    )
+
     def __init__(self, codec: Codec, transport: Any, now: float) -> None:
         self.codec = codec
+        #: Speaks the native dialect: frames are encoded and decoded here without the codec.
+        self.native = isinstance(codec, NativeCodec)
         self.transport = transport
         self.connected_since = now
         self.name = ""
@@ -355,6 +381,16 @@ class Router:
         self._by_name: dict[str, Session] = {}
         self._held: dict[str, collections.deque[Session]] = {}
         self.messages_routed = 0
+        self._handlers: dict[type, Any] = {
+            Request: self._route_request,
+            Response: self._route_answer,
+            Failure: self._route_answer,
+            Pong: self._route_answer,
+            Inform: self._route_inform,
+            Ping: self._route_ping,
+            Hello: self._register,
+            AddRoutes: self._add_routes,
+        }
 
     # queries
 
@@ -401,8 +437,16 @@ class Router:
         session.messages_in += 1
         session.bytes_in += len(message)
         out: Output = []
-        for frame in session.codec.decode(message):
+        if session.native and type(message) is bytes:
+            # The native codec's work, inline: this runs for every message the hub routes.
+            try:
+                frame = _decode_frame(message)
+            except (msgspec.DecodeError, RecursionError) as exc:
+                raise errors.ProtocolError(f"undecodable frame: {exc}") from None
             self._dispatch(session, frame, out)
+        else:
+            for frame in session.codec.decode(message):
+                self._dispatch(session, frame, out)
         return out
 
     def close(self, session: Session) -> Output:
@@ -449,21 +493,14 @@ class Router:
     # internals
 
     def _dispatch(self, session: Session, frame: Frame, out: Output) -> None:
-        if isinstance(frame, Request):
-            self._route_request(session, frame, out)
-        elif isinstance(frame, (Response, Failure, Pong)):
-            self._route_answer(session, frame, out)
-        elif isinstance(frame, Inform):
-            self._route_inform(session, frame, out)
-        elif isinstance(frame, Ping):
-            self._route_ping(session, frame, out)
-        elif isinstance(frame, Hello):
-            self._register(session, frame, out)
-        elif isinstance(frame, AddRoutes):
-            self._require_registered(session, frame)
-            session.routes.update(frame.routes)
-        else:
+        handler = self._handlers.get(type(frame))
+        if handler is None:
             raise errors.ProtocolError(f"a client does not send {type(frame).__name__}")
+        handler(session, frame, out)
+
+    def _add_routes(self, session: Session, frame: AddRoutes, out: Output) -> None:
+        self._require_registered(session, frame)
+        session.routes.update(frame.routes)
 
     def _require_registered(self, session: Session, frame: Frame) -> None:
         if session.state is SessionState.NEW:
@@ -524,6 +561,28 @@ class Router:
         return destination
 
     def _route_request(self, session: Session, request: Request, out: Output) -> None:
+        request_id = request.id
+        awaiting = session.awaiting
+        destination = self._by_name.get(request.peer)
+        if (
+            destination is None
+            or not destination.native
+            or session.state is not SessionState.READY
+            or request_id in awaiting
+            or len(awaiting) >= self.max_pending
+        ):
+            self._route_request_carefully(session, request, out)
+            return
+        # The usual case, in one place: a ready client calls a native one.
+        message = _encode_frame(Request(request_id, session.name, request.route, request.args))
+        awaiting[request_id] = destination
+        destination.serving.add((session, request_id))
+        destination.messages_out += 1
+        destination.bytes_out += len(message)
+        self.messages_routed += 1
+        out.append((destination, message))
+
+    def _route_request_carefully(self, session: Session, request: Request, out: Output) -> None:
         if request.peer == HUB and session.state is SessionState.READY:
             self._answer_builtin(session, request, out)
             return
@@ -556,15 +615,23 @@ class Router:
         self._emit(out, destination, messages)
 
     def _route_answer(self, session: Session, answer: Response | Failure | Pong, out: Output) -> None:
-        self._require_registered(session, answer)
         requester = self._by_name.get(answer.peer)
         # Only the session a request went to may answer it: late, stray or spoofed answers drop.
         if requester is None or requester.awaiting.get(answer.id) is not session:
+            self._require_registered(session, answer)
             return
         del requester.awaiting[answer.id]
         session.serving.discard((requester, answer.id))
         forwarded: Frame
         if isinstance(answer, Response):
+            if requester.native:
+                # The usual case, in one place.
+                message = _encode_frame(Response(answer.id, session.name, answer.result))
+                requester.messages_out += 1
+                requester.bytes_out += len(message)
+                self.messages_routed += 1
+                out.append((requester, message))
+                return
             forwarded = Response(answer.id, session.name, answer.result)
         elif isinstance(answer, Pong):
             forwarded = Pong(answer.id, session.name)
@@ -587,12 +654,20 @@ class Router:
         if not inform.peers:
             self._broadcast(out, information, exclude=session)
             return
-        for name in dict.fromkeys(inform.peers):
+        native_message = b""
+        for name in inform.peers if len(inform.peers) == 1 else dict.fromkeys(inform.peers):
             destination = self._by_name.get(name)
             if destination is None:
                 self._fail(out, session, 0, name, ErrorCode.DESTINATION_NOT_FOUND, f"client {name!r} is not connected")
-                continue
-            self._send(out, destination, information)
+            elif destination.native:
+                # Encoded once for every native destination.
+                native_message = native_message or _encode_frame(information)
+                destination.messages_out += 1
+                destination.bytes_out += len(native_message)
+                self.messages_routed += 1
+                out.append((destination, native_message))
+            else:
+                self._send(out, destination, information)
 
     def _answer_builtin(self, session: Session, request: Request, out: Output) -> None:
         result: Any
@@ -626,8 +701,14 @@ class Router:
         self._send(out, session, Failure(request_id, peer, code, message))
 
     def _broadcast(self, out: Output, frame: Frame, exclude: Session | None) -> None:
+        native_message = b""
         for destination in self._by_name.values():
-            if destination is not exclude:
+            if destination is exclude:
+                continue
+            if destination.native:
+                native_message = native_message or _encode_frame(frame)
+                self._emit(out, destination, [native_message])
+            else:
                 self._send(out, destination, frame)
 
     def _send(self, out: Output, destination: Session, frame: Frame) -> None:

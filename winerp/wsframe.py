@@ -25,6 +25,7 @@ __all__ = [
     "FrameError",
     "FrameReader",
     "server_frame",
+    "server_header",
     "client_frame",
     "close_payload",
     "parse_close",
@@ -81,6 +82,11 @@ def _header(first: int, size: int, mask_bit: int) -> bytes:
     if size < 65536:
         return bytes((first, mask_bit | 126)) + _U16.pack(size)
     return bytes((first, mask_bit | 127)) + _U64.pack(size)
+
+
+def server_header(opcode: int, size: int) -> bytes:
+    """The header of one final, unmasked frame (hub to client) of ``size`` payload bytes."""
+    return _header(0x80 | opcode, size, 0)
 
 
 def server_frame(opcode: int, payload: bytes) -> bytes:
@@ -178,8 +184,11 @@ class FrameReader:
             ):
                 if not self.masked:
                     return [(OP_BINARY, data[head:])]
-                key = data[head : head + 4]
-                return [(OP_BINARY, unmask(data[head + 4 :], key))]
+                byte = data[head]
+                if data[head + 1] == byte and data[head + 2] == byte and data[head + 3] == byte:
+                    table = _XOR_TABLES.get(byte) or _xor_table(byte)
+                    return [(OP_BINARY, data[head + 4 :].translate(table))]
+                return [(OP_BINARY, unmask(data[head + 4 :], data[head : head + 4]))]
         messages: list[tuple[int, bytes]] = []
         position = 0
         end = len(data)
