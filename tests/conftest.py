@@ -8,7 +8,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -48,3 +50,16 @@ def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: f
 def winerp_threads() -> list[str]:
     """Names of the live threads winerp started."""
     return [t.name for t in threading.enumerate() if t.name.startswith("winerp-")]
+
+
+def core_request(core: Any, peer: str, route: str, args: dict[str, Any] | None = None) -> tuple[Any, Future[Any]]:
+    """Send a request through a client's core; return the call and a future that ends with it."""
+    future: Future[Any] = Future()
+
+    def ended(call: Any) -> None:
+        if call.error is not None:
+            future.set_exception(call.error)
+        else:
+            future.set_result(call.value)
+
+    return core.request(peer, route, args or {}, ended), future

@@ -41,9 +41,9 @@ from winerp import errors
 from winerp.frames import SUBPROTOCOL, Hello
 
 try:
-    from conftest import ROOT, wait_for, winerp_threads
+    from conftest import ROOT, core_request, wait_for, winerp_threads
 except ImportError:  # tests/ is a package
-    from tests.conftest import ROOT, wait_for, winerp_threads
+    from tests.conftest import ROOT, core_request, wait_for, winerp_threads
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -955,20 +955,21 @@ def test_ending_a_call_that_already_ended_touches_no_request_of_a_later_connecti
         side = make_side(kind, "main", port)
         side.start()
         core = side.core
-        first, second = core.request("peer", "hang", {}), core.request("peer", "hang", {})
+        first, first_ended = core_request(core, "peer", "hang")
+        second, second_ended = core_request(core, "peer", "hang")
         wait_for(lambda: sum(c["in_flight"] for c in hub.status()["clients"] if c["name"] == "main") == 2)
         dropped = time.monotonic()
         hub.stop()
-        for call in (first, second):
-            assert isinstance(call.future.exception(PROMPT), (errors.ConnectionLost, errors.PeerDisconnected))
+        for ended in (first_ended, second_ended):
+            assert isinstance(ended.exception(PROMPT), (errors.ConnectionLost, errors.PeerDisconnected))
         hub = winerp.Hub(port=port)
         hub.start()
         side.events.wait_event("ready", READY_AGAIN, after=dropped)
         wait_for(lambda: set(hub.clients) == {"main", "peer"}, timeout=READY_AGAIN)
-        later = [core.request("peer", "slow", {"seconds": 0.3}) for _ in range(2)]
+        later = [core_request(core, "peer", "slow", {"seconds": 0.3})[1] for _ in range(2)]
         core.expire(first, 1.0)
         core.forget(second)
-        assert [call.future.result(5) for call in later] == ["answered", "answered"]
+        assert [ended.result(5) for ended in later] == ["answered", "answered"]
     finally:
         release.set()
         hub.stop()

@@ -30,7 +30,7 @@ from winerp.handshake import MAX_REQUEST_BYTES
 from winerp.sync import Client
 
 try:
-    from conftest import python_process, wait_for
+    from conftest import core_request, python_process, wait_for
     from security_tools import (
         assert_serves,
         http_exchange,
@@ -42,7 +42,7 @@ try:
         upgrade_request,
     )
 except ImportError:  # tests/ imported as a package
-    from tests.conftest import python_process, wait_for
+    from tests.conftest import core_request, python_process, wait_for
     from tests.security_tools import (
         assert_serves,
         http_exchange,
@@ -393,12 +393,12 @@ def test_hostile_payloads_do_not_disconnect_their_receivers(hub: winerp.Hub) -> 
         wait_for(lambda: received, timeout=5)
         assert received == [("fine", "evil")]
         # An answer the requester cannot decode fails that request alone.
-        call = victim._core.request("evil", "answer", {})
+        _, answer = core_request(victim._core, "evil", "answer")
         request = decode_frame(evil.recv())
         assert isinstance(request, Request)
         evil.send_binary(encode_frame(Response(request.id, request.peer, unknown_ext)))
         with pytest.raises(errors.ProtocolError):
-            call.future.result(5)
+            answer.result(5)
         assert victim.ping() is True
         assert victim.is_ready and not disconnects
         evil.close()

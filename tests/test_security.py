@@ -35,10 +35,10 @@ from winerp.protocol import MAX_NAME_LENGTH
 from winerp.sync import Client
 
 try:
-    from conftest import ROOT, wait_for, winerp_threads
+    from conftest import ROOT, core_request, wait_for, winerp_threads
     from security_tools import assert_serves, http_exchange, raw_ws, read_until_closed, status_line, upgrade_request
 except ImportError:  # tests/ imported as a package
-    from tests.conftest import ROOT, wait_for, winerp_threads
+    from tests.conftest import ROOT, core_request, wait_for, winerp_threads
     from tests.security_tools import (
         assert_serves,
         http_exchange,
@@ -451,13 +451,13 @@ def test_pending_requests_per_client_are_bounded() -> None:
         server, caller = _echo_pair(hub.port)
         release = server.release  # type: ignore[attr-defined]
         try:
-            calls = [caller._core.request("sec-server", "wait", {}) for _ in range(3)]
+            calls = [core_request(caller._core, "sec-server", "wait")[1] for _ in range(3)]
             started = time.monotonic()
             with pytest.raises(errors.WinerpError, match="3 requests in flight"):
                 caller.request("echo", "sec-server", timeout=5, x=1)
             assert time.monotonic() - started < PROMPT
             release.set_result("done")
-            assert [call.future.result(5) for call in calls] == ["done"] * 3
+            assert [ended.result(5) for ended in calls] == ["done"] * 3
             assert caller.request("echo", "sec-server", timeout=5, x=1) == ["sec-caller", 1]
         finally:
             caller.close()
@@ -572,14 +572,14 @@ def test_answers_can_only_come_from_the_destination(hub: winerp.Hub) -> None:
         forger = raw_ws(hub.port)
         forger.send_binary(encode_frame(Hello("forger", [])))
         forger.recv()
-        call = asker._core.request("real", "slow", {})
+        _, answer = core_request(asker._core, "real", "slow")
         for request_id in range(0, 20):
             forger.send_binary(encode_frame(Response(request_id, "asker", msgspec.Raw(encode_value("forged")))))
             forger.send_binary(encode_frame(Failure(request_id, "asker", ErrorCode.REMOTE_ERROR, "forged")))
         assert asker.ping()  # the forgeries were routed (and dropped) before this answer
-        assert not call.future.done()
+        assert not answer.done()
         release.set_result("genuine")
-        assert call.future.result(5) == "genuine"
+        assert answer.result(5) == "genuine"
         forger.close()
 
 

@@ -96,7 +96,7 @@ def _run_status(args: argparse.Namespace) -> int:
     name = f"winerp-status-{os.getpid()}"
     try:
         with Client(name, args.host, args.port, token=args.token, reconnect=False) as client:
-            status: dict[str, Any] = client._core.call_hub("status").future.result(5)
+            status: dict[str, Any] = client._call_hub("status", 5)
     except (WinerpError, TimeoutError) as exc:
         print(f"winerp: no hub answered at {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1

@@ -8,9 +8,9 @@ reads its own connection, so answers and requests reach it without a thread hand
 while the reader thread stands by and reads in its place if the loop stalls. Callers on any
 thread send through `_send`, which writes directly when the socket is free and otherwise
 leaves the frame for the thread that is writing (so a burst leaves as one write). Nothing
-here blocks a caller on the network: requests return a `concurrent.futures.Future`, and the
-facades decide how to wait on it and where user handlers and event handlers run (the
-`Host` they pass in).
+here blocks a caller on the network: a request returns a `Call`, which tells the listener
+the facade gave it when it ends; the facades decide how to wait for that, and where user
+handlers and event handlers run (the `Host` they pass in).
 
 websocket-client only opens the connection (TCP, TLS and the opening handshake); from
 then on the core reads and writes the raw socket itself, framing with `winerp.wsframe`.
@@ -156,13 +156,32 @@ class Backoff:
 
 
 class Call:
-    """One request in flight: its id and the future that ends it exactly once."""
+    """One request in flight, ended exactly once: with a value or with an error.
 
-    __slots__ = ("future", "id")
+    Lighter than a `concurrent.futures.Future` (no lock, no condition): the core ends a call
+    only after taking it out of its table of calls in flight, so one thread alone ever ends
+    it, and the listener given at creation learns of it at once, on that thread.
+    """
 
-    def __init__(self, request_id: int, future: concurrent.futures.Future[Any]) -> None:
+    __slots__ = ("error", "id", "listener", "value")
+
+    def __init__(self, request_id: int, listener: Callable[[Call], None]) -> None:
         self.id = request_id
-        self.future = future
+        self.listener = listener
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+    def end(self, value: Any, error: BaseException | None) -> None:
+        """Record the outcome and tell the listener. Called once, by the core."""
+        self.value = value
+        self.error = error
+        self.listener(self)
+
+    def outcome(self) -> Any:
+        """The value, or raise the error."""
+        if self.error is not None:
+            raise self.error
+        return self.value
 
 
 class Gathering:
@@ -179,17 +198,16 @@ class Gathering:
         self._expected: int | None = None
         self.future: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
 
-    def _add(self, name: str, call: Call | BaseException) -> None:
-        if isinstance(call, BaseException):
-            self._settle(name, call)
-            return
+    def _add(self, name: str, call: Call) -> None:
         with self._lock:
-            self._calls[name] = call
+            if name not in self._results:
+                self._calls[name] = call
 
-        def _ended(future: concurrent.futures.Future[Any]) -> None:
-            self._settle(name, _outcome(future))
+    def _listener(self, name: str) -> Callable[[Call], None]:
+        def _ended(call: Call) -> None:
+            self._settle(name, call.error if call.error is not None else call.value)
 
-        call.future.add_done_callback(_ended)
+        return _ended
 
     def _expect(self, count: int) -> None:
         with self._lock:
@@ -241,11 +259,6 @@ def _positional_capacity(handler: Callable[..., Any]) -> int | None:
     if inspect.Parameter.VAR_POSITIONAL in kinds:
         return None
     return sum(k in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD) for k in kinds)
-
-
-def _outcome(future: concurrent.futures.Future[Any]) -> Any:
-    error = future.exception()
-    return error if error is not None else future.result()
 
 
 def _resolve(future: concurrent.futures.Future[Any], value: Any = None, error: BaseException | None = None) -> bool:
@@ -342,7 +355,7 @@ class ClientCore:
         self.events: dict[str, list[tuple[Callable[..., Any], int | None]]] = {}
         self._hooks = host_hooks
         self._lock = threading.Lock()
-        self._pending: dict[int, concurrent.futures.Future[Any]] = {}
+        self._pending: dict[int, Call] = {}
         self._connection: _Connection | None = None
         self._state = ClientState.CONNECTING
         self._authorized = False
@@ -458,8 +471,11 @@ class ClientCore:
 
     # calls
 
-    def request(self, peer: str, route: str, kwargs: dict[str, Any]) -> Call:
-        """Send a request; the returned call's future ends with the answer or the error.
+    def request(self, peer: str, route: str, kwargs: dict[str, Any], listener: Callable[[Call], None]) -> Call:
+        """Send a request; ``listener(call)`` runs once it ends, with the answer or the error.
+
+        The listener may run on any thread, before this returns too (a connection that
+        dropped meanwhile); it must not block.
 
         Raises:
             ClientNotReadyError: not connected, not registered, or on hold.
@@ -468,26 +484,13 @@ class ClientCore:
         """
         connection = self._live()
         request_id, frame = connection.protocol.request(peer, route, kwargs)
-        return self._track(connection, request_id, frame)
+        return self._track(connection, Call(request_id, listener), frame)
 
-    def ping(self, peer: str | None) -> Call:
-        """Ping the hub (``peer=None``) or a client; the future ends with True or False."""
+    def ping(self, peer: str | None, listener: Callable[[Call], None]) -> Call:
+        """Ping the hub (``peer=None``) or a client; the call ends with True or False."""
         connection = self._live()
         request_id, frame = connection.protocol.ping(HUB if peer is None else peer)
-        call = self._track(connection, request_id, frame)
-        answer: concurrent.futures.Future[bool] = concurrent.futures.Future()
-
-        def _to_bool(future: concurrent.futures.Future[Any]) -> None:
-            error = future.exception()
-            if isinstance(error, (errors.DestinationNotFound, errors.PeerDisconnected)):
-                _resolve(answer, False)
-            elif error is not None:
-                _resolve(answer, error=error)
-            else:
-                _resolve(answer, True)
-
-        call.future.add_done_callback(_to_bool)
-        return _PingCall(call, answer)
+        return self._track(connection, _PingCall(request_id, listener), frame)
 
     def inform(self, data: Any, peers: list[str]) -> None:
         """Send ``data`` to ``peers`` (everyone else when empty); fire and forget.
@@ -500,9 +503,9 @@ class ClientCore:
         connection = self._live()
         self._send(connection, connection.protocol.inform(data, peers))
 
-    def call_hub(self, route: str, args: dict[str, Any] | None = None) -> Call:
+    def call_hub(self, route: str, args: dict[str, Any] | None, listener: Callable[[Call], None]) -> Call:
         """Call one of the hub's own routes (``peers``, ``routes``, ``status``)."""
-        return self.request(HUB, route, args or {})
+        return self.request(HUB, route, args or {}, listener)
 
     def request_many(self, route: str, sources: Iterable[str] | None, kwargs: dict[str, Any]) -> Gathering:
         """Call ``route`` on several clients at once (every one that has it when ``sources`` is None)."""
@@ -511,40 +514,32 @@ class ClientCore:
         def _launch(names: list[str]) -> None:
             for name in names:
                 try:
-                    gathering._add(name, self.request(name, route, kwargs))
+                    gathering._add(name, self.request(name, route, kwargs, gathering._listener(name)))
                 except errors.WinerpError as exc:
-                    gathering._add(name, exc)
+                    gathering._settle(name, exc)
             gathering._expect(len(names))
 
         if sources is not None:
             self._live()
             _launch(list(dict.fromkeys(sources)))
             return gathering
-        lookup = self.call_hub("routes", {"route": route})
-
-        def _looked_up(future: concurrent.futures.Future[Any]) -> None:
-            error = future.exception()
-            if error is not None:
-                _resolve(gathering.future, error=error)
+        def _looked_up(lookup: Call) -> None:
+            if lookup.error is not None:
+                _resolve(gathering.future, error=lookup.error)
             else:
-                _launch(future.result())
+                _launch(lookup.value)
 
-        lookup.future.add_done_callback(_looked_up)
+        self.call_hub("routes", {"route": route}, _looked_up)
         return gathering
 
     def expire(self, call: Call, timeout: float) -> None:
-        """End ``call`` with `RequestTimeout` unless it has ended already."""
-        future = self._pending.pop(call.id, None)
-        if future is not None:
-            _resolve(future, error=errors.RequestTimeout(f"no answer within {timeout} s"))
-        if isinstance(call, _PingCall):
-            _resolve(call.future, error=errors.RequestTimeout(f"no answer within {timeout} s"))
+        """End ``call`` with `RequestTimeout` unless it has ended already (or is ending now)."""
+        if self._pending.pop(call.id, None) is not None:
+            call.end(None, errors.RequestTimeout(f"no answer within {timeout} s"))
 
     def forget(self, call: Call) -> None:
-        """Drop ``call`` (its waiter was cancelled); a late answer is ignored."""
-        future = self._pending.pop(call.id, None)
-        if future is not None:
-            future.cancel()
+        """Drop ``call`` (its waiter gave up); a late answer is ignored, the listener not told."""
+        self._pending.pop(call.id, None)
 
     def _live(self) -> _Connection:
         connection = self._connection
@@ -554,16 +549,15 @@ class ClientCore:
             raise errors.ClientNotReadyError(f"client {self.name!r} is not ready (not started, or disconnected)")
         return connection
 
-    def _track(self, connection: _Connection, request_id: int, frame: bytes) -> Call:
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self._pending[request_id] = future
+    def _track(self, connection: _Connection, call: Call, frame: bytes) -> Call:
+        self._pending[call.id] = call
         if not connection.alive:
             # The connection dropped after _live(): fail now rather than never.
-            self._pending.pop(request_id, None)
-            _resolve(future, error=errors.ConnectionLost("the connection to the hub dropped"))
+            if self._pending.pop(call.id, None) is not None:
+                call.end(None, errors.ConnectionLost("the connection to the hub dropped"))
         else:
             self._send(connection, frame)
-        return Call(request_id, future)
+        return call
 
     # writing
 
@@ -942,15 +936,15 @@ class ClientCore:
     def _fail_pending(self, error: errors.WinerpError) -> None:
         while self._pending:
             try:
-                _, future = self._pending.popitem()
+                _, call = self._pending.popitem()
             except KeyError:
                 break
-            _resolve(future, error=error)
+            call.end(None, error)
 
     def _settle(self, request_id: int, value: Any) -> None:
-        future = self._pending.pop(request_id, None)
-        if future is not None:
-            _resolve(future, value)
+        call = self._pending.pop(request_id, None)
+        if call is not None:
+            call.end(value, None)
 
     # A payload is the sending peer's, not the hub's: one that cannot be decoded (an unknown
     # extension type, nesting too deep for this side) ends that call or drops that inform,
@@ -958,15 +952,16 @@ class ClientCore:
     # talks to.
 
     def _on_response(self, response: Response) -> None:
-        try:
-            value = decode_value(response.result)
-        except errors.ProtocolError as exc:
-            future = self._pending.pop(response.id, None)
-            if future is not None:
-                _resolve(future, error=errors.ProtocolError(f"the answer of {response.peer!r} is not readable: {exc}"))
-        else:
-            self._settle(response.id, value)
-        self.emit("on_winerp_response")
+        call = self._pending.pop(response.id, None)
+        if call is not None:  # a late answer (the call timed out) is not even decoded
+            try:
+                value = decode_value(response.result)
+            except errors.ProtocolError as exc:
+                call.end(None, errors.ProtocolError(f"the answer of {response.peer!r} is not readable: {exc}"))
+            else:
+                call.end(value, None)
+        if "on_winerp_response" in self.events:
+            self.emit("on_winerp_response")
 
     def _on_information(self, information: Information) -> None:
         try:
@@ -980,9 +975,9 @@ class ClientCore:
         if failure.id == 0:
             logger.warning("client %r: an inform was not delivered: %s", self.name, failure.message)
             return
-        future = self._pending.pop(failure.id, None)
-        if future is not None:
-            _resolve(future, error=error_from_failure(failure))
+        call = self._pending.pop(failure.id, None)
+        if call is not None:
+            call.end(None, error_from_failure(failure))
 
     def _serve_request(self, connection: _Connection, request: Request) -> None:
         handler = self.routes.get(request.route)
@@ -1014,9 +1009,14 @@ class ClientCore:
 
 
 class _PingCall(Call):
-    """A ping: the inner request's id, and a future that turns its outcome into a bool."""
+    """A ping: ends with True when answered, False when the peer is not there (or left)."""
 
     __slots__ = ()
 
-    def __init__(self, inner: Call, answer: concurrent.futures.Future[bool]) -> None:
-        super().__init__(inner.id, answer)
+    def end(self, value: Any, error: BaseException | None) -> None:
+        if isinstance(error, (errors.DestinationNotFound, errors.PeerDisconnected)):
+            super().end(False, None)
+        elif error is not None:
+            super().end(None, error)
+        else:
+            super().end(True, None)

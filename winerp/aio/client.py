@@ -127,7 +127,8 @@ class Client(BaseClient):
             PayloadTooLarge: the request or its answer exceeds the size limit.
             TypeError: an argument cannot be encoded (nothing was sent).
         """
-        return await self._wait(self._core.request(source, route, kwargs), timeout)
+        waiter, listener = self._waiter()
+        return await self._wait(self._core.request(source, route, kwargs, listener), waiter, timeout)
 
     async def inform(self, data: Any, destinations: str | list[str] | tuple[str, ...] | None = None) -> None:
         """Deliver ``data`` to the named clients, or to every other client; fire and forget.
@@ -146,11 +147,13 @@ class Client(BaseClient):
             ClientNotReadyError: this client is not connected.
             RequestTimeout: no answer within ``timeout``.
         """
-        return bool(await self._wait(self._core.ping(name), timeout))
+        waiter, listener = self._waiter()
+        return bool(await self._wait(self._core.ping(name, listener), waiter, timeout))
 
     async def peers(self, timeout: float = 5) -> list[str]:
         """Return the sorted names of the other clients that are ready on the hub."""
-        return list(await self._wait(self._core.call_hub("peers"), timeout))
+        waiter, listener = self._waiter()
+        return list(await self._wait(self._core.call_hub("peers", None, listener), waiter, timeout))
 
     async def request_many(
         self, route: str, sources: Iterable[str] | None = None, timeout: float = 60, **kwargs: Any
@@ -169,12 +172,33 @@ class Client(BaseClient):
         finally:
             timer.cancel()
 
-    async def _wait(self, call: Call, timeout: float) -> Any:
+    def _waiter(self) -> tuple[asyncio.Future[Any], Callable[[Call], None]]:
+        """A future of the running loop, and the call listener that ends it from any thread.
+
+        When the call ends on the loop's own thread (the loop reads the connection), the
+        outcome is passed on at once, without a wake-up.
+        """
         loop = asyncio.get_running_loop()
-        # The timer ends the core's future itself, so no wait_for task is needed.
+        waiter = loop.create_future()
+        on_thread = threading.get_ident()
+
+        def ended(call: Call) -> None:
+            if threading.get_ident() == on_thread:
+                _pass_on(call, waiter)
+                return
+            try:
+                loop.call_soon_threadsafe(_pass_on, call, waiter)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                pass
+
+        return waiter, ended
+
+    async def _wait(self, call: Call, waiter: asyncio.Future[Any], timeout: float) -> Any:
+        loop = asyncio.get_running_loop()
+        # The timer ends the call itself, so no wait_for task is needed.
         timer = loop.call_later(timeout, self._core.expire, call, timeout)
         try:
-            return await self._bridge(call.future)
+            return await waiter
         except asyncio.CancelledError:
             self._core.forget(call)  # the late answer is dropped quietly
             raise
@@ -336,6 +360,15 @@ async def _run_event(handler: Callable[..., Any], args: tuple[Any, ...]) -> None
         await handler(*args)
     except Exception:
         logger.exception("event handler %r raised", getattr(handler, "__name__", handler))
+
+
+def _pass_on(call: Call, waiter: asyncio.Future[Any]) -> None:
+    if waiter.done():
+        return  # cancelled meanwhile
+    if call.error is not None:
+        waiter.set_exception(call.error)
+    else:
+        waiter.set_result(call.value)
 
 
 def _copy_outcome(source: concurrent.futures.Future[Any], target: asyncio.Future[Any]) -> None:

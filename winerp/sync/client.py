@@ -83,7 +83,9 @@ class Client(BaseClient):
             PayloadTooLarge: the request or its answer exceeds the size limit.
             TypeError: an argument cannot be encoded (nothing was sent).
         """
-        return self._wait(self._core.request(source, route, kwargs), timeout)
+        ended = threading.Lock()
+        ended.acquire()
+        return self._wait(self._core.request(source, route, kwargs, lambda _: ended.release()), ended, timeout)
 
     def inform(self, data: Any, destinations: str | list[str] | tuple[str, ...] | None = None) -> None:
         """Deliver ``data`` to the named clients, or to every other client; fire and forget.
@@ -102,11 +104,13 @@ class Client(BaseClient):
             ClientNotReadyError: this client is not connected.
             RequestTimeout: no answer within ``timeout``.
         """
-        return bool(self._wait(self._core.ping(name), timeout))
+        ended = threading.Lock()
+        ended.acquire()
+        return bool(self._wait(self._core.ping(name, lambda _: ended.release()), ended, timeout))
 
     def peers(self, timeout: float = 5) -> list[str]:
         """Return the sorted names of the other clients that are ready on the hub."""
-        return list(self._wait(self._core.call_hub("peers"), timeout))
+        return list(self._call_hub("peers", timeout))
 
     def request_many(
         self, route: str, sources: Iterable[str] | None = None, timeout: float = 60, **kwargs: Any
@@ -126,18 +130,26 @@ class Client(BaseClient):
             gathering.expire(timeout)
             return gathering.future.result(1)
 
-    def _wait(self, call: Call, timeout: float) -> Any:
+    def _call_hub(self, route: str, timeout: float) -> Any:
+        ended = threading.Lock()
+        ended.acquire()
+        return self._wait(self._core.call_hub(route, None, lambda _: ended.release()), ended, timeout)
+
+    def _wait(self, call: Call, ended: threading.Lock, timeout: float) -> Any:
+        """Wait for ``call``, whose listener releases ``ended``; its value, or raise its error.
+
+        A plain lock released by the thread that ends the call wakes this one exactly once.
+        """
         try:
-            _wait_for(call.future, timeout)
-            return call.future.result(0)
-        except errors.WinerpError:
-            raise
-        except concurrent.futures.TimeoutError:
-            self._core.expire(call, timeout)
-            return call.future.result(0)
+            if not ended.acquire(timeout=timeout):
+                # Ends the call now, unless another thread is ending it this instant; either
+                # way `ended` is released at once.
+                self._core.expire(call, timeout)
+                ended.acquire(timeout=5)
         except BaseException:
             self._core.forget(call)  # e.g. KeyboardInterrupt: a late answer is dropped
             raise
+        return call.outcome()
 
     # Host hooks, called by the core's reader thread
 
@@ -163,18 +175,3 @@ class Client(BaseClient):
         if pool is not None:
             pool.submit(call_event, handler, args)
 
-
-def _wait_for(future: concurrent.futures.Future[Any], timeout: float) -> None:
-    """Block until ``future`` ends or ``timeout`` passes: one wake-up, not two.
-
-    ``Future.result(timeout)`` waits on the future's condition, which its setter notifies
-    while still holding it, so the waiter wakes, blocks on that lock, and is woken again. A
-    done-callback runs after the lock is released: releasing a plain lock from it wakes the
-    waiter once.
-    """
-    if future.done():
-        return
-    ended = threading.Lock()
-    ended.acquire()
-    future.add_done_callback(lambda _: ended.release())
-    ended.acquire(timeout=timeout)
