@@ -281,6 +281,7 @@ class _Connection:
         self.protocol = protocol
         assert ws.sock is not None
         self.sock: socket.socket = ws.sock
+        self.tls = isinstance(ws.sock, ssl.SSLSocket)
         self.reader = FrameReader(masked=False, max_size=_receive_limit(protocol.max_message_size))
         # Whole websocket frames (already masked) waiting for the writer.
         self.queue: collections.deque[bytes] = collections.deque()
@@ -523,6 +524,7 @@ class ClientCore:
             self._live()
             _launch(list(dict.fromkeys(sources)))
             return gathering
+
         def _looked_up(lookup: Call) -> None:
             if lookup.error is not None:
                 _resolve(gathering.future, error=lookup.error)
@@ -570,8 +572,23 @@ class ClientCore:
         drops the connection; nothing is raised.
         """
         queue = connection.queue
-        queue.append(client_frame(opcode, payload))
         lock = connection.write_lock
+        if not queue and lock.acquire(blocking=False):
+            # The usual case: nobody else is writing, and nothing waits for a writer.
+            try:
+                connection.sock.sendall(client_frame(opcode, payload))
+            except OSError as exc:
+                logger.debug("send failed: %s", exc)
+                queue.clear()
+                self._drop(connection)
+                return
+            finally:
+                lock.release()
+            if not queue:
+                return
+            # Frames queued meanwhile by threads that found the lock taken: send them below.
+        else:
+            queue.append(client_frame(opcode, payload))
         while queue:
             if not lock.acquire(blocking=wait or len(queue) > _MAX_QUEUED_FRAMES):
                 return  # the writing thread re-checks the queue after releasing the lock
@@ -785,11 +802,10 @@ class ClientCore:
         if not connection.read_lock.acquire(blocking=False):
             return
         try:
-            sock = connection.sock
-            tls = isinstance(sock, ssl.SSLSocket)
             # Another reader may have taken what woke this one: never block here. A plain
             # socket is read without waiting; TLS (no recv flags) is checked first.
-            if connection.alive and ((_MSG_DONTWAIT and not tls) or _readable(sock, 0, tls)):
+            tls = connection.tls
+            if connection.alive and ((_MSG_DONTWAIT and not tls) or _readable(connection.sock, 0, tls)):
                 self._read_once(connection, _MSG_DONTWAIT if not tls else 0)
         except BlockingIOError:
             pass
@@ -823,9 +839,9 @@ class ClientCore:
         if not size:
             raise ConnectionError("the hub closed the connection")
         data = connection.view[:size].tobytes()
-        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        if connection.tls and sock.pending():  # type: ignore[attr-defined]
             parts = [data]
-            while sock.pending():
+            while sock.pending():  # type: ignore[attr-defined]
                 parts.append(sock.recv(_READ_SIZE))
             data = b"".join(parts)
         connection.bytes_read += len(data)
@@ -840,11 +856,11 @@ class ClientCore:
                 return  # dropped meanwhile (close(), a failed write): ignore the rest
             if opcode == OP_BINARY:
                 frame = protocol.receive(payload, now)
-                if isinstance(frame, Response):
+                if type(frame) is Response:
                     self._on_response(frame)
-                elif isinstance(frame, Request):
+                elif type(frame) is Request:
                     self._serve_request(connection, frame)
-                elif isinstance(frame, Information):
+                elif type(frame) is Information:
                     self._on_information(frame)
                 elif isinstance(frame, Failure):
                     self._on_failure(frame)

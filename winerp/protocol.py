@@ -86,6 +86,8 @@ class Undeliverable(Exception):
 
 _encode_frame = FRAME_ENCODER.encode
 _decode_frame = FRAME_DECODER.decode
+# What a client reads most, and passes on as it is.
+_ROUTINE_FROM_HUB = frozenset({Request, Response, Information})
 
 
 class Codec(Protocol):
@@ -193,8 +195,9 @@ class ClientProtocol:
             PayloadTooLarge: the frame exceeds the size limit.
         """
         request_id = next(self._ids)
-        frame = encode_frame(Request(request_id, peer, route, Raw(encode_value(args))))
-        self._check_size(frame)
+        frame = _encode_frame(Request(request_id, peer, route, Raw(encode_value(args))))
+        if len(frame) > self.max_message_size:
+            self._check_size(frame)
         return request_id, frame
 
     def ping(self, peer: str) -> tuple[int, bytes]:
@@ -220,8 +223,9 @@ class ClientProtocol:
         so the caller always gets an answer.
         """
         try:
-            frame = encode_frame(Response(request.id, request.peer, Raw(encode_value(value))))
-            self._check_size(frame)
+            frame = _encode_frame(Response(request.id, request.peer, Raw(encode_value(value))))
+            if len(frame) > self.max_message_size:
+                self._check_size(frame)
         except errors.PayloadTooLarge as exc:
             return self._failure(request, ErrorCode.PAYLOAD_TOO_LARGE, str(exc))
         except TypeError as exc:
@@ -270,7 +274,12 @@ class ClientProtocol:
             ProtocolError: the message is not a valid frame from a hub.
         """
         self._last_received = now
-        frame = decode_frame(data)
+        try:
+            frame: Frame = _decode_frame(data)
+        except (msgspec.DecodeError, RecursionError) as exc:
+            raise errors.ProtocolError(f"undecodable frame: {exc}") from None
+        if type(frame) in _ROUTINE_FROM_HUB:
+            return frame
         if isinstance(frame, Welcome):
             self.state = ClientState.HELD if frame.on_hold else ClientState.READY
             self.heartbeat = frame.heartbeat

@@ -97,11 +97,11 @@ def server_frame(opcode: int, payload: bytes) -> bytes:
 def client_frame(opcode: int, payload: bytes) -> bytes:
     """One final, masked frame (client to hub), with a fresh key of four equal bytes."""
     byte = random.getrandbits(8) or 1  # 0 would leave the payload as it is
-    return (
-        _header(0x80 | opcode, len(payload), 0x80)
-        + bytes((byte, byte, byte, byte))
-        + payload.translate(_xor_table(byte))
-    )
+    size = len(payload)
+    table = _XOR_TABLES.get(byte) or _xor_table(byte)
+    if size < 126:
+        return bytes((0x80 | opcode, 0x80 | size, byte, byte, byte, byte)) + payload.translate(table)
+    return _header(0x80 | opcode, size, 0x80) + bytes((byte, byte, byte, byte)) + payload.translate(table)
 
 
 def close_payload(code: int, reason: str) -> bytes:

@@ -174,4 +174,3 @@ class Client(BaseClient):
         pool = self._workers.events()
         if pool is not None:
             pool.submit(call_event, handler, args)
-
