@@ -19,6 +19,8 @@ from ..core import Call
 __all__ = ["Client"]
 
 logger = logging.getLogger(__name__)
+# Asked for every request a handler serves; the answer never changes.
+_is_coroutine_function = functools.lru_cache(maxsize=4096)(inspect.iscoroutinefunction)
 
 
 class Client(BaseClient):
@@ -178,7 +180,7 @@ class Client(BaseClient):
         When the call ends on the loop's own thread (the loop reads the connection), the
         outcome is passed on at once, without a wake-up.
         """
-        loop = asyncio.get_running_loop()
+        loop = self._running_loop()
         waiter = loop.create_future()
         on_thread = threading.get_ident()
 
@@ -194,9 +196,8 @@ class Client(BaseClient):
         return waiter, ended
 
     async def _wait(self, call: Call, waiter: asyncio.Future[Any], timeout: float) -> Any:
-        loop = asyncio.get_running_loop()
         # The timer ends the call itself, so no wait_for task is needed.
-        timer = loop.call_later(timeout, self._core.expire, call, timeout)
+        timer = waiter.get_loop().call_later(timeout, self._core.expire, call, timeout)
         try:
             return await waiter
         except asyncio.CancelledError:
@@ -215,7 +216,7 @@ class Client(BaseClient):
         finish: Callable[[Any, BaseException | None], None],
     ) -> None:
         """Run a coroutine handler on the loop, a plain one in a worker thread."""
-        if inspect.iscoroutinefunction(handler):
+        if _is_coroutine_function(handler):
             if not self._spawn(_run_route(handler, source, kwargs, finish)):
                 finish(None, errors.ClientNotReadyError(f"client {self.name!r} has no running event loop"))
             return
@@ -227,7 +228,7 @@ class Client(BaseClient):
 
     def run_event(self, handler: Callable[..., Any], args: tuple[Any, ...]) -> None:
         """Run an event handler: coroutines as tasks on the loop, plain functions on the event thread."""
-        if inspect.iscoroutinefunction(handler):
+        if _is_coroutine_function(handler):
             self._spawn(_run_event(handler, args))
             return
         pool = self._workers.events()
@@ -275,6 +276,17 @@ class Client(BaseClient):
             reader.close()
             return None
         return reader.can_read
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        """The loop this call runs on: the client's own when called from its thread.
+
+        `asyncio.get_running_loop` asks the system for the process id on every call (to
+        notice a fork); a request spares that when it runs on the loop that started the client.
+        """
+        loop = self._loop
+        if loop is not None and threading.get_ident() == self._loop_thread and loop.is_running():
+            return loop  # a thread runs one loop at a time: this one
+        return asyncio.get_running_loop()
 
     def _on_loop(self) -> bool:
         return threading.get_ident() == self._loop_thread
