@@ -1007,7 +1007,8 @@ class ClientCore:
         except errors.ProtocolError as exc:
             self._send(connection, connection.protocol.fail(request, exc, ""))
             return
-        self.emit("on_winerp_request", request.peer, request.route)
+        if "on_winerp_request" in self.events:
+            self.emit("on_winerp_request", request.peer, request.route)
 
         def finish(value: Any, error: BaseException | None) -> None:
             current = self._connection
