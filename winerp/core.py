@@ -576,15 +576,10 @@ class ClientCore:
         if not queue and lock.acquire(blocking=False):
             # The usual case: nobody else is writing, and nothing waits for a writer.
             try:
-                connection.sock.sendall(client_frame(opcode, payload))
-            except OSError as exc:
-                logger.debug("send failed: %s", exc)
-                queue.clear()
-                self._drop(connection)
-                return
+                written = self._write(connection, client_frame(opcode, payload))
             finally:
                 lock.release()
-            if not queue:
+            if not written or not queue:
                 return
             # Frames queued meanwhile by threads that found the lock taken: send them below.
         else:
@@ -602,18 +597,25 @@ class ClientCore:
                         while queue:
                             parts.append(queue.popleft())
                         data = b"".join(parts)
-                    connection.sock.sendall(data)
-            except OSError as exc:
-                logger.debug("send failed: %s", exc)
-                queue.clear()
-                self._drop(connection)
-                return
+                    if not self._write(connection, data):
+                        return
             finally:
                 lock.release()
         if wait:
             # Another thread took the frame from the queue: wait until its write is over.
             with lock:
                 pass
+
+    def _write(self, connection: _Connection, data: bytes) -> bool:
+        """Write ``data`` (hold write_lock); on failure drop the connection and return False."""
+        try:
+            connection.sock.sendall(data)
+        except OSError as exc:
+            logger.debug("send failed: %s", exc)
+            connection.queue.clear()
+            self._drop(connection)
+            return False
+        return True
 
     # the reader thread
 

@@ -552,22 +552,16 @@ class Hub:
         else:
             message = message.encode()
             header = server_header(OP_TEXT, len(message))
-        out = connection.out
-        out.append(header)
-        out.append(message)
-        connection.out_bytes += len(header) + len(message)
-        if connection.out_bytes + len(connection.unsent) > self.outbox_limit:
-            self._overflowed(connection)
-            return
-        if not connection.dirty:
-            connection.dirty = True
-            self._dirty.append(connection)
+        self._queue(connection, header, message)
 
-    def _queue(self, connection: HubConnection, data: bytes) -> None:
+    def _queue(self, connection: HubConnection, *parts: bytes) -> None:
+        """Queue bytes for ``connection``; they leave in its next write, joined."""
         if connection.stage is _Stage.CLOSED or connection.writing:
             return
-        connection.out.append(data)
-        connection.out_bytes += len(data)
+        out = connection.out
+        for part in parts:
+            out.append(part)
+            connection.out_bytes += len(part)
         if connection.out_bytes + len(connection.unsent) > self.outbox_limit:
             self._overflowed(connection)
             return

@@ -184,16 +184,7 @@ class Client(BaseClient):
         waiter = loop.create_future()
         on_thread = threading.get_ident()
 
-        def ended(call: Call) -> None:
-            if threading.get_ident() == on_thread:
-                _pass_on(call, waiter)
-                return
-            try:
-                loop.call_soon_threadsafe(_pass_on, call, waiter)
-            except RuntimeError:  # the loop is closed: nobody waits any more
-                pass
-
-        return waiter, ended
+        return waiter, lambda call: _call_on(loop, on_thread, _pass_on, call, waiter)
 
     async def _wait(self, call: Call, waiter: asyncio.Future[Any], timeout: float) -> Any:
         # The timer ends the call itself, so no wait_for task is needed.
@@ -301,16 +292,7 @@ class Client(BaseClient):
         assert loop is not None
         waiter = loop.create_future()
 
-        def ended(done: concurrent.futures.Future[Any]) -> None:
-            if self._on_loop():
-                _copy_outcome(done, waiter)
-                return
-            try:
-                loop.call_soon_threadsafe(_copy_outcome, done, waiter)
-            except RuntimeError:  # the loop is closed: nobody waits any more
-                pass
-
-        future.add_done_callback(ended)
+        future.add_done_callback(lambda done: _call_on(loop, self._loop_thread, _copy_outcome, done, waiter))
         return waiter
 
 
@@ -372,6 +354,23 @@ async def _run_event(handler: Callable[..., Any], args: tuple[Any, ...]) -> None
         await handler(*args)
     except Exception:
         logger.exception("event handler %r raised", getattr(handler, "__name__", handler))
+
+
+def _call_on(
+    loop: asyncio.AbstractEventLoop, loop_thread: int | None, callback: Callable[..., None], *args: Any
+) -> None:
+    """Run ``callback(*args)`` on ``loop``, at once when called on the loop's own thread.
+
+    From another thread it goes through ``call_soon_threadsafe``, and is dropped if the loop
+    is closed (nobody waits any more).
+    """
+    if threading.get_ident() == loop_thread:
+        callback(*args)
+        return
+    try:
+        loop.call_soon_threadsafe(callback, *args)
+    except RuntimeError:
+        pass
 
 
 def _pass_on(call: Call, waiter: asyncio.Future[Any]) -> None:
