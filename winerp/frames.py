@@ -186,7 +186,7 @@ def decode_frame(data: bytes) -> Frame:
         ProtocolError: the bytes are not a valid frame.
     """
     try:
-        return _frame_decoder.decode(data)  # type: ignore[no-any-return]
+        return _frame_decoder.decode(data)
     except (msgspec.DecodeError, RecursionError) as exc:
         from .errors import ProtocolError
 
