@@ -35,7 +35,7 @@ async def on_winerp_information(data, source):
 
 
 async def main():
-    asyncio.create_task(client.start())  # the usual 1.x start
+    starting = asyncio.create_task(client.start())  # the usual 1.x start (kept: tasks are weakly held)
     await client.wait_until_ready()
     print("legacy-bot: ready", flush=True)
     version = await client.request("dashboard_version", "new-dashboard")
@@ -44,6 +44,7 @@ async def main():
     while not stopping:
         await asyncio.sleep(0.05)
     print("legacy-bot: stopping", flush=True)
+    starting.cancel()
 
 
 if __name__ == "__main__":

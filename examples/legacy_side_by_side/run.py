@@ -65,7 +65,9 @@ def main() -> int:
         environ = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
         with tempfile.TemporaryDirectory() as elsewhere:
             legacy = subprocess.Popen(
-                [os.path.abspath(args.legacy_python), "-I", str(HERE / "legacy_bot.py"), str(port)], cwd=elsewhere, env=environ
+                [os.path.abspath(args.legacy_python), "-I", str(HERE / "legacy_bot.py"), str(port)],
+                cwd=elsewhere,
+                env=environ,
             )
             try:
                 deadline = time.monotonic() + 30
