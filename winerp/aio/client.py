@@ -35,8 +35,15 @@ class Client(BaseClient):
         local_name: This client's unique name on the hub.
         host: Hub address.
         port: Hub port.
-        **options: See `winerp.client.BaseClient` (``reconnect``, ``token``, ``ssl_context``,
-            ``max_message_size``, ``handler_workers`` ...).
+        reconnect: Come back by itself after the connection drops (exponential backoff with
+            jitter); ``False`` never comes back.
+        token: Shared secret the hub requires; defaults to ``$WINERP_TOKEN``.
+        ssl_context: Connect with TLS (``wss://``) using this client-side context.
+        max_message_size: Largest message this client sends, in bytes (the hub may announce
+            a smaller one); larger ones raise `PayloadTooLarge`.
+        backoff_initial: First reconnect delay, in seconds.
+        backoff_max: Cap on the reconnect delay, in seconds.
+        handler_workers: Most plain route handlers running at once.
 
     Example::
 
