@@ -28,23 +28,26 @@ from winerp.sync import Client
 def worker_main(number: int, hub_port: int) -> None:
     """One worker process: serve ``work`` until the dispatcher says stop or leaves."""
     done = threading.Event()
-    with Client(f"worker-{number}", port=hub_port) as client:
+    client = Client(f"worker-{number}", port=hub_port)
 
-        @client.route
-        def work(source: str, job: int) -> dict[str, int]:
-            # Stand-in for real work: the sum of the squares below `job`.
-            return {"job": job, "result": sum(i * i for i in range(job)), "pid": os.getpid()}
+    # Routes and events first, then start: the dispatcher may call as soon as this worker is
+    # ready on the hub, so its route must exist by then.
+    @client.route
+    def work(source: str, job: int) -> dict[str, int]:
+        # Stand-in for real work: the sum of the squares below `job`.
+        return {"job": job, "result": sum(i * i for i in range(job)), "pid": os.getpid()}
 
-        @client.event
-        def on_winerp_information(data: object, source: str) -> None:
-            if data == "stop":
-                done.set()
+    @client.event
+    def on_winerp_information(data: object, source: str) -> None:
+        if data == "stop":
+            done.set()
 
-        @client.event
-        def on_winerp_peer_leave(name: str) -> None:
-            if name == "dispatcher":  # no one left to work for
-                done.set()
+    @client.event
+    def on_winerp_peer_leave(name: str) -> None:
+        if name == "dispatcher":  # no one left to work for
+            done.set()
 
+    with client:
         done.wait()
 
 

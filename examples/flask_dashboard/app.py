@@ -33,7 +33,11 @@ _lock = threading.Lock()
 
 
 def ipc() -> Client:
-    """This process's winerp client, started on first use."""
+    """This process's winerp client, started on first use.
+
+    Raises:
+        winerp.WinerpError: no hub answered within 5 s (the next call tries again).
+    """
     global _client
     with _lock:
         if _client is None:
@@ -42,8 +46,12 @@ def ipc() -> Client:
                 host=os.environ.get("HUB_HOST", "127.0.0.1"),
                 port=int(os.environ.get("HUB_PORT", "13254")),
             )
-            client.start(timeout=10)
-            _client = client
+            try:
+                client.start(timeout=5)
+            except winerp.WinerpError:
+                client.close()
+                raise
+            _client = client  # from now on it reconnects by itself after a drop
         return _client
 
 
@@ -71,12 +79,18 @@ def gather_stats() -> dict[str, Any]:
 
 @app.get("/api/stats")
 def api_stats() -> Any:
-    return jsonify(gather_stats())
+    try:
+        return jsonify(gather_stats())
+    except winerp.WinerpError as exc:  # no hub, or the connection is down right now
+        return jsonify({"error": f"{type(exc).__name__}: {exc}"}), 503
 
 
 @app.get("/")
-def index() -> str:
-    stats = gather_stats()
+def index() -> Any:
+    try:
+        stats = gather_stats()
+    except winerp.WinerpError as exc:
+        return f"<!doctype html><title>Bot dashboard</title><p>No hub: {html.escape(str(exc))}</p>", 503
     rows = "".join(
         f"<tr><td>{html.escape(name)}</td><td>{html.escape(str(value.get('guilds', '-')))}</td>"
         f"<td>{html.escape(str(value.get('latency_ms', value.get('error', '-'))))}</td></tr>"

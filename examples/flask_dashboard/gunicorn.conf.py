@@ -26,8 +26,15 @@ control_socket_disable = True  # gunicorn 24+: no control socket in the home dir
 def post_fork(server: Any, worker: Any) -> None:
     import app
 
-    app.ipc()  # dashboard-<this worker's pid>
-    server.log.info("worker %s: winerp client %s ready", worker.pid, app.ipc().name)
+    import winerp
+
+    try:
+        client = app.ipc()  # dashboard-<this worker's pid>
+    except winerp.WinerpError as exc:
+        # Boot anyway: the pages answer 503 and try again until the hub is there.
+        server.log.warning("worker %s: no winerp hub yet: %s", worker.pid, exc)
+    else:
+        server.log.info("worker %s: winerp client %s ready", worker.pid, client.name)
 
 
 def worker_exit(server: Any, worker: Any) -> None:
