@@ -37,11 +37,14 @@ def main() -> int:
             print(f"{args.target}: {stats['guilds']} guilds, up {stats['uptime_s']} s")
             client.inform({"event": "refresh-cache", "by": client.name})  # everyone else
             print("informed every client: refresh-cache")
+    except winerp.DestinationNotFound:
+        print(f"{args.target} is not connected", file=sys.stderr)
+        return 1
     except winerp.HubUnreachable as exc:
         print(f"no hub at {args.hub_host}:{args.hub_port}: {exc}", file=sys.stderr)
         return 1
-    except winerp.DestinationNotFound:
-        print(f"{args.target} is not connected", file=sys.stderr)
+    except winerp.WinerpError as exc:  # a timeout, a refused token, the target's handler failed ...
+        print(f"failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     return 0
 
