@@ -509,7 +509,7 @@ def encode_value(value: Any) -> bytes:
             is neither a str nor an int); the message names the type and where it is.
     """
     try:
-        if _is_plain(value):
+        if type(value) in _PLAIN_SCALARS or _is_plain(value):
             try:
                 return _value_encoder.encode(value)
             except OverflowError:
