@@ -360,7 +360,8 @@ def _decimal(value: decimal.Decimal) -> Any:
 
 def _set(value: Any) -> Any:
     code = _FROZENSET_EXT if isinstance(value, frozenset) else _SET_EXT
-    return msgspec.msgpack.Ext(code, _value_encoder.encode(_list(value)))
+    # No index in the path of a refused member: a set has no order to point into.
+    return msgspec.msgpack.Ext(code, _value_encoder.encode([_to_wire(item) for item in value]))
 
 
 def _list(value: Any) -> list[Any]:
