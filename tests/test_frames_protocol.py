@@ -8,9 +8,16 @@ the client protocols by `Wire`.
 from __future__ import annotations
 
 import ast
+import collections
+import dataclasses
+import datetime
+import decimal
+import enum
 import math
+import uuid
+import zoneinfo
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import pytest
@@ -199,6 +206,147 @@ def test_decode_value_rejects_garbage() -> None:
 
 def test_empty_args_is_the_empty_dict() -> None:
     assert decode_value(EMPTY_ARGS) == {}
+
+
+# --- values that keep their type (msgpack extensions) and values refused ----------------------
+
+UTC_PLUS_2 = datetime.timezone(datetime.timedelta(hours=2))
+TYPED_VALUES: list[Any] = [
+    datetime.datetime(2024, 5, 6, 7, 8, 9, 10),
+    datetime.datetime(2024, 5, 6, tzinfo=UTC_PLUS_2),
+    datetime.datetime(2024, 11, 3, 1, 30, fold=1),
+    datetime.date(2024, 2, 29),
+    datetime.time(7, 8, 9, 10),
+    datetime.time(7, 8, tzinfo=datetime.timezone(datetime.timedelta(hours=-9, seconds=-30))),
+    datetime.timedelta(days=-3, seconds=5, microseconds=7),
+    uuid.UUID("12345678-1234-5678-1234-567812345678"),
+    decimal.Decimal("-0.000"),
+    decimal.Decimal("1.20E+7"),
+    decimal.Decimal("-Infinity"),
+    {1, "a", (2, (3,)), frozenset({b"x"}), 2**70},
+    frozenset({datetime.date(2000, 1, 1), decimal.Decimal("1.5")}),
+]
+
+
+@pytest.mark.parametrize("value", TYPED_VALUES, ids=repr)
+def test_typed_values_keep_their_type(value: Any) -> None:
+    decoded = decode_value(encode_value({"v": [value]}))["v"][0]
+    assert type(decoded) is type(value)
+    assert decoded == value
+    assert str(decoded) == str(value)  # also a Decimal's form and a datetime's offset
+
+
+def test_decimal_nan_keeps_its_form() -> None:
+    for text in ("NaN", "-NaN123", "sNaN"):
+        decoded = decode_value(encode_value(decimal.Decimal(text)))
+        assert type(decoded) is decimal.Decimal
+        assert str(decoded) == text
+
+
+def test_a_named_zone_becomes_its_fixed_offset() -> None:
+    sent = datetime.datetime(2024, 7, 1, 12, tzinfo=zoneinfo.ZoneInfo("America/New_York"))
+    decoded = decode_value(encode_value(sent))
+    assert decoded == sent
+    assert decoded.tzinfo == datetime.timezone(datetime.timedelta(hours=-4))
+
+
+def test_int_keys_keep_their_type() -> None:
+    decoded = decode_value(encode_value({1: "a", "1": "b", -(2**80): [True]}))
+    assert decoded == {1: "a", "1": "b", -(2**80): [True]}
+    assert [type(key) for key in decoded] == [int, str, int]
+
+
+class _Level(enum.IntEnum):
+    HIGH = 3
+
+
+class _Word(str):
+    def __str__(self) -> str:
+        return "something else"
+
+
+def test_subclasses_go_as_their_base_type() -> None:
+    sent = [_Level.HIGH, _Word("w"), {_Word("k"): _Level.HIGH}, collections.OrderedDict(a=1), _Pair(1, 2)]
+    decoded = decode_value(encode_value(sent))
+    assert decoded == [3, "w", {"k": 3}, {"a": 1}, [1, 2]]
+    assert [type(item) for item in decoded] == [int, str, dict, dict, list]
+    assert [type(key) for key in decoded[2]] == [str]
+
+
+class _Pair(NamedTuple):
+    a: int
+    b: int
+
+
+@pytest.mark.parametrize(
+    "value", [{"a": [1, 2.5, "x", b"y", None, True, (1, 2)]}, {7: {"k": [2**64 - 1]}}, [], "s", b"b"]
+)
+def test_plain_values_are_plain_msgpack(value: Any) -> None:
+    # The wire did not change for them: what msgspec alone makes of them.
+    assert encode_value(value) == msgspec.msgpack.encode(value)
+
+
+@dataclasses.dataclass
+class _Point:
+    x: int
+
+
+class _StructPoint(msgspec.Struct):
+    x: int
+
+
+class _Flavour(enum.Enum):
+    PLAIN = 1
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (_Point(1), "test_frames_protocol._Point at the top level:"),
+        (_StructPoint(1), "_StructPoint"),
+        (_Flavour.PLAIN, "_Flavour"),
+        (bytearray(b"x"), "a value of type bytearray at the top level (convert it with bytes())"),
+        (memoryview(b"x"), "memoryview"),
+        (msgspec.Raw(b"\xc0"), "msgspec.Raw"),
+        (msgspec.msgpack.Ext(1, b"1"), "msgspec.msgpack.Ext"),
+        (complex(1, 2), "complex"),
+        ({"a": [1, {2.5: 0}]}, "a dict key of type float at ['a'][1]"),
+        ({None: 0}, "a dict key of type NoneType"),
+        ({frozenset(): 0}, "a dict key of type frozenset"),
+        ({"s": {1, _Flavour.PLAIN}}, "_Flavour at ['s']:"),
+        ([2**70, {"d": _Point(3)}], "_Point at [1]['d']"),
+    ],
+    ids=repr,
+)
+def test_refused_values_name_their_type_and_place(value: Any, message: str) -> None:
+    with pytest.raises(TypeError) as caught:
+        encode_value(value)
+    assert message in str(caught.value)
+    assert "datetime" in str(caught.value)  # and says what can be sent
+
+
+@pytest.mark.parametrize(
+    ("code", "payload"),
+    [
+        (1, b"12x"),
+        (2, b"\x07\xe8\x01"),
+        (2, bytes(12) + b"\x00"),
+        (2, b"\x07\xe8\x0d\x01" + bytes(8)),
+        (3, b"\x07\xe8\x02\x1e"),
+        (4, b"\x18" + bytes(7)),
+        (5, b"\x7f\xff\xff\xff" + bytes(8)),
+        (6, bytes(15)),
+        (7, b"one"),
+        (7, b"\xff"),
+        (8, msgspec.msgpack.encode({"not": "an array"})),
+        (8, msgspec.msgpack.encode([[{"a": 1}]])),
+        (9, b"\xc1"),
+        (10, b""),
+    ],
+)
+def test_malformed_extensions_are_protocol_errors(code: int, payload: bytes) -> None:
+    with pytest.raises(errors.ProtocolError):
+        decode_value(msgspec.msgpack.encode([msgspec.msgpack.Ext(code, payload)]))
 
 
 # --- a client/hub pair in memory --------------------------------------------------------------

@@ -6,8 +6,11 @@ The messages written here are the ones winerp 1.5.0 sends and expects (see
 
 from __future__ import annotations
 
+import datetime
+import decimal
 import json
 import math
+import uuid
 from typing import Any
 
 import msgspec
@@ -415,6 +418,15 @@ def test_garbage_is_a_protocol_error(message: str | bytes) -> None:
         ({"n": 2**64}, "does not fit in 64 bits"),
         ({"n": [1, -(2**63) - 1]}, "['n'][1]"),
         ({"d": {1: "x"}}, "key 1"),
+        # Types a native value keeps (API.md "Values") have no JSON form: named, never converted.
+        ({"when": datetime.datetime(2024, 1, 2, 3, 4)}, "datetime at ['when'] has no JSON form"),
+        ({"day": [datetime.date(2024, 1, 2)]}, "date at ['day'][0]"),
+        ({"at": datetime.time(1, 2)}, "time at ['at']"),
+        ({"took": datetime.timedelta(seconds=3)}, "timedelta at ['took']"),
+        ({"id": uuid.UUID(int=1)}, "UUID at ['id']"),
+        ({"price": decimal.Decimal("1.20")}, "Decimal at ['price']"),
+        ({"tags": {"a", "b"}}, "set at ['tags']"),
+        ({"tags": frozenset({1})}, "frozenset at ['tags']"),
     ],
 )
 def test_request_args_json_cannot_carry(value: dict[str, Any], fragment: str) -> None:
@@ -431,6 +443,24 @@ def test_request_args_json_cannot_carry(value: dict[str, Any], fragment: str) ->
 def test_information_json_cannot_carry_is_undeliverable() -> None:
     with pytest.raises(Undeliverable):
         registered().encode(Information("sender", raw([b"x"])))
+
+
+@pytest.mark.parametrize(
+    "value", [datetime.datetime(2024, 1, 2), {1, 2}, decimal.Decimal("1.5"), uuid.UUID(int=7)], ids=repr
+)
+def test_typed_values_to_a_legacy_client_are_named(value: Any) -> None:
+    codec = registered("old")
+    name = type(value).__name__
+    with pytest.raises(Undeliverable) as caught:
+        codec.encode(Information("sender", raw({"v": value})))
+    assert f"{name} at ['v'] has no JSON form" in caught.value.message
+    # A return value too: the 1.x caller gets an error naming it, not a string or a hang.
+    (request,) = codec.decode(wire(type=REQUEST, id="old", destination="new", route="r", uuid="u-7"))
+    assert isinstance(request, Request)
+    with pytest.raises(Undeliverable) as caught:
+        codec.encode(Response(request.id, "new", raw(value)))
+    assert caught.value.code == ErrorCode.REMOTE_ERROR
+    assert f"{name} at the top level has no JSON form" in caught.value.message
 
 
 def test_response_json_cannot_carry_then_the_failure_explains() -> None:
