@@ -19,6 +19,8 @@ import winerp
 import winerp.aio
 import winerp.errors
 import winerp.sync
+from winerp.frames import ErrorCode, Failure
+from winerp.protocol import error_from_failure
 
 TESTS = Path(__file__).resolve().parent
 
@@ -250,3 +252,20 @@ def test_core_hooks_are_not_public_methods(client: type[Any]) -> None:
 def _env() -> dict[str, str]:
     root = str(TESTS.parent)
     return dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+def test_client_runtime_error_text_begins_with_the_remote_type() -> None:
+    def text(message: str, remote_type: str) -> str:
+        failure = Failure(1, "peer", ErrorCode.REMOTE_ERROR, message, remote_type=remote_type)
+        return str(error_from_failure(failure))
+
+    assert text("bad user id 42", "ValueError") == "ValueError: bad user id 42"
+    assert text("", "StopIteration") == "StopIteration"
+    # The shapes a winerp 1.x answer takes: a type read from its traceback, none at all (a
+    # traceback with no exception line), a message that already names it, a pseudo object.
+    assert text("Type is not JSON serializable: set", "TypeError") == "TypeError: Type is not JSON serializable: set"
+    assert text("it broke", "") == "it broke"
+    assert text("ValueError: it broke", "ValueError") == "ValueError: it broke"
+    assert text("'old' answered 'p' with a winerpObject", "winerpObject").startswith("winerpObject: 'old' answered")
+    error = winerp.ClientRuntimeError("m", remote_type="ValueError", remote_message="m")
+    assert error.args == ("m",) and error.remote_message == "m"  # only the text changes
