@@ -178,3 +178,18 @@ def test_sync_client_plain_handlers_still_answer(hub: winerp.Hub) -> None:
         server.route("partial")(functools.partial(lambda source, x, y: x + y, y=10))
         assert caller.request("object", "server", x=1) == 2
         assert caller.request("partial", "server", x=1) == 11
+
+
+@pytest.mark.parametrize("client_class", CLIENTS, ids=["sync", "aio"])
+def test_a_nameless_handler_must_be_given_a_name(client_class: type[Any]) -> None:
+    class Plain:
+        def __call__(self, source: str) -> None: ...
+
+    client = client_class("a")
+    for handler in (functools.partial(print), Plain()):
+        with pytest.raises(TypeError, match=r"route\('some_name'\)"):
+            client.route(handler)
+        with pytest.raises(TypeError, match="no __name__"):
+            client.route()(handler)
+    client.route("named")(Plain())
+    assert list(client._core.routes) == ["named"]

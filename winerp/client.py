@@ -92,6 +92,15 @@ def _takes_timeout(handler: Callable[..., Any]) -> bool:
     return False
 
 
+def _handler_name(handler: Callable[..., Any]) -> str:
+    """The route name a handler registered without one gets: its ``__name__``."""
+    name = getattr(handler, "__name__", None)
+    if not isinstance(name, str):
+        # e.g. a functools.partial or a callable object: say how to name it.
+        raise TypeError(f"a {type(handler).__name__} has no __name__: register it as route('some_name')(handler)")
+    return name
+
+
 class HostHooks:
     """The `Host` a facade lends the core: where its route and event handlers run.
 
@@ -337,7 +346,7 @@ class BaseClient:
             InvalidRouteType: the handler is not callable.
         """
         if callable(name_or_handler):
-            return self._add_route(name_or_handler.__name__, name_or_handler)
+            return self._add_route(_handler_name(name_or_handler), name_or_handler)
         if name_or_handler is not None and not isinstance(name_or_handler, str):
             raise errors.InvalidRouteType(f"a route handler must be callable, not {type(name_or_handler).__name__}")
         alias = name_or_handler
@@ -345,7 +354,7 @@ class BaseClient:
         def decorator(handler: F) -> F:
             if not callable(handler):
                 raise errors.InvalidRouteType(f"a route handler must be callable, not {type(handler).__name__}")
-            return self._add_route(alias or handler.__name__, handler)
+            return self._add_route(alias or _handler_name(handler), handler)
 
         return decorator
 
