@@ -319,7 +319,7 @@ class ClientCore:
         name: The client's unique name on the hub.
         host: Hub address.
         port: Hub port.
-        host_hooks: Where user handlers run (the facade).
+        host_hooks: Where user handlers run (the facade's private `winerp.client.HostHooks`).
         token: Shared secret presented to the hub.
         ssl_context: Connect with TLS (``wss://``) using this context.
         reconnect: Come back after a dropped connection.

@@ -711,10 +711,10 @@ class Router:
 
         A winerp 1.x client's routes are unknown to the hub: it is listed with none.
         """
-        others = [s for s in self._by_name.values() if s is not session]
+        ready = [(name, s) for name, s in sorted(self._by_name.items()) if s is not session]
         if isinstance(args, dict) and args.get("routes") is True:
-            return {s.name: sorted(s.routes) if s.routes_known else [] for s in sorted(others, key=_session_name)}
-        return sorted(s.name for s in others)
+            return {name: sorted(s.routes) if s.routes_known else [] for name, s in ready}
+        return [name for name, _ in ready]
 
     def _fail(self, out: Output, session: Session, request_id: int, peer: str, code: ErrorCode, message: str) -> None:
         self._send(out, session, Failure(request_id, peer, code, message))
@@ -745,7 +745,3 @@ class Router:
             destination.bytes_out += len(message)
             out.append((destination, message))
         self.messages_routed += 1
-
-
-def _session_name(session: Session) -> str:
-    return session.name
