@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import ast
+import importlib.metadata
 import json
 import os
 import queue
@@ -246,3 +248,81 @@ def test_demo_exits_zero() -> None:
     result = _run(_script("winerp"), "demo", timeout=45)
     assert result.returncode == 0, result.stderr
     assert "demo done" in result.stdout
+
+
+# --- first-day edges: help texts and defaults, status counts, package metadata ----------------------
+
+
+HELP_COMMANDS = {
+    "winerp": ["--help"],
+    "winerp-hub": ["--help"],
+    "winerp hub": ["hub", "--help"],
+    "winerp status": ["status", "--help"],
+    "winerp demo": ["demo", "--help"],
+}
+
+
+def _option_entries(help_text: str) -> dict[str, str]:
+    """``{"--port": "its help text"}`` for every option of an argparse ``--help`` output."""
+    entries: dict[str, str] = {}
+    current = ""
+    for line in help_text.split("options:", 1)[1].splitlines():
+        stripped = line.strip()
+        if line.startswith("  -") and not line.startswith("   "):
+            current = stripped.split()[0].rstrip(",")
+            if current == "-h":
+                current = "--help"
+            # The help text, if any, follows the option on the same line after 2+ spaces.
+            parts = stripped.split("  ", 1)
+            entries[current] = parts[1].strip() if len(parts) > 1 else ""
+        elif current and stripped:
+            entries[current] = f"{entries[current]} {stripped}".strip()
+    return entries
+
+
+@pytest.mark.parametrize("name", list(HELP_COMMANDS))
+def test_every_option_has_help_and_shows_its_default(name: str) -> None:
+    program = COMMANDS["winerp-hub"]() if name == "winerp-hub" else COMMANDS["python -m winerp"]()
+    result = _run(program, *HELP_COMMANDS[name])
+    assert result.returncode == 0, result.stderr
+    entries = _option_entries(result.stdout)
+    assert "--port" in entries
+    for option, text in entries.items():
+        assert text, f"{name}: {option} has no help text"
+        if option not in ("--help", "--version"):
+            assert "default" in text, f"{name}: {option} does not show its default: {text!r}"
+    if name in ("winerp", "winerp-hub", "winerp hub"):
+        assert "(default: 13254)" in entries["--port"]
+        assert "(default: 127.0.0.1)" in entries["--host"]
+
+
+def test_status_json_counts_only_the_clients_it_lists(hub: winerp.Hub) -> None:
+    with Client("one", port=hub.port), Client("two", port=hub.port):
+        result = _run(COMMANDS["python -m winerp"](), "status", "--port", str(hub.port), "--json")
+    assert result.returncode == 0, result.stderr
+    status = json.loads(result.stdout)
+    assert [client["name"] for client in status["clients"]] == ["one", "two"]
+    assert status["connections"] == 2  # not 3: the status command's own connection is not counted
+
+
+def test_cli_uses_no_private_client_method() -> None:
+    # The command line is a user of the clients like any other: their public API only.
+    tree = ast.parse((ROOT / "winerp" / "cli.py").read_text())
+    private = [
+        node.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+    ]
+    assert private == []
+
+
+def test_pip_show_names_the_home_page_and_project_urls() -> None:
+    urls = dict(entry.split(", ", 1) for entry in importlib.metadata.metadata("winerp").get_all("Project-URL") or [])
+    assert {"Homepage", "Documentation", "Changelog", "Issues"} <= set(urls)
+    home = urls["Homepage"]
+    assert home.startswith("https://") and all(url.startswith(home) for url in urls.values())
+    shown = subprocess.run(
+        [sys.executable, "-m", "pip", "show", "-v", "winerp"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert home in shown.stdout  # as Home-page (recent pip) and among the Project-URLs

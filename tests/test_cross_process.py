@@ -78,9 +78,9 @@ def call_back(source, value):
 
 
 @client.route
-def ask(source, target, call, timeout=10, kwargs=None):
+def ask(source, target, call, seconds=10, kwargs=None):
     try:
-        return {"ok": client.request(call, target, timeout=timeout, **(kwargs or {}))}
+        return {"ok": client.request(call, target, timeout=seconds, **(kwargs or {}))}
     except errors.WinerpError as exc:
         return describe(exc)
 
@@ -92,9 +92,9 @@ def send_inform(source, data, destinations=None):
 
 
 @client.route
-def wait_informs(source, count, timeout=5):
+def wait_informs(source, count, seconds=5):
     with informed:
-        informed.wait_for(lambda: len(informs) >= count, timeout)
+        informed.wait_for(lambda: len(informs) >= count, seconds)
         return list(informs)
 
 
@@ -176,9 +176,9 @@ async def main(port):
         return await client.request("echo", source, value=value, timeout=10)
 
     @client.route
-    async def ask(source, target, call, timeout=10, kwargs=None):
+    async def ask(source, target, call, seconds=10, kwargs=None):
         try:
-            return {"ok": await client.request(call, target, timeout=timeout, **(kwargs or {}))}
+            return {"ok": await client.request(call, target, timeout=seconds, **(kwargs or {}))}
         except errors.WinerpError as exc:
             return describe(exc)
 
@@ -188,14 +188,14 @@ async def main(port):
         return True
 
     @client.route
-    async def wait_informs(source, count, timeout=5):
+    async def wait_informs(source, count, seconds=5):
         async def enough():
             while len(informs) < count:
                 changed.clear()
                 await changed.wait()
 
         try:
-            await asyncio.wait_for(enough(), timeout)
+            await asyncio.wait_for(enough(), seconds)
         except asyncio.TimeoutError:
             pass
         return list(informs)
@@ -374,7 +374,9 @@ def test_sigkilled_peer_gives_peer_disconnected_promptly(
         ended["driver"] = time.monotonic()
 
     def call_through_survivor() -> None:
-        outcomes[survivor] = driver.request("ask", survivor, target=victim, call="hang", timeout=40, kwargs=None)
+        outcomes[survivor] = driver.request(
+            "ask", survivor, target=victim, call="hang", seconds=30, timeout=40, kwargs=None
+        )
         ended[survivor] = time.monotonic()
 
     threads = [threading.Thread(target=call_direct), threading.Thread(target=call_through_survivor)]

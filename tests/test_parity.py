@@ -7,6 +7,9 @@ import importlib
 import importlib.metadata
 import importlib.util
 import inspect
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,8 @@ import winerp
 import winerp.aio
 import winerp.errors
 import winerp.sync
+from winerp.frames import ErrorCode, Failure
+from winerp.protocol import error_from_failure
 
 TESTS = Path(__file__).resolve().parent
 
@@ -193,3 +198,74 @@ def test_console_scripts_are_declared() -> None:
     assert ours.get("winerp") == "winerp.cli:main"
     assert ours.get("winerp-hub") == "winerp.cli:hub_main"
     assert importlib.util.find_spec("winerp.__main__") is not None  # python -m winerp
+
+
+# --- the 1.x import path, typed ------------------------------------------------------------------
+
+
+def test_import_winerp_reaches_both_clients_in_a_fresh_interpreter() -> None:
+    # `import winerp` alone, nothing else imported first: the subpackages come with it.
+    code = (
+        "import winerp\n"
+        "print(winerp.sync.Client.__module__, winerp.aio.Client.__module__, winerp.Client is winerp.aio.Client)\n"
+        "print(sorted({'Client', 'aio', 'sync'} - set(dir(winerp))))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=_env(), check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["winerp.sync.client winerp.aio.client True", "[]"]
+
+
+def test_import_winerp_does_not_import_asyncio() -> None:
+    # The clients come on first use: a blocking program pays for no asyncio machinery.
+    code = "import sys, winerp; print('asyncio' in sys.modules, 'winerp.aio' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=_env(), check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "False"]
+
+
+def test_typed_user_program_runs() -> None:
+    # tests/typing/user_program.py is checked by `mypy --strict` in CI; here it runs, so
+    # what its annotations claim is also what happens.
+    result = subprocess.run(
+        [sys.executable, str(TESTS / "typing" / "user_program.py")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_env(),
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "typed program ok"
+
+
+@pytest.mark.parametrize("client", [winerp.sync.Client, winerp.aio.Client], ids=["sync", "aio"])
+def test_core_hooks_are_not_public_methods(client: type[Any]) -> None:
+    # The core's Host hooks are lent through a private object: not a user's API.
+    for name in ("run_route", "run_event", "lend_reader"):
+        assert not hasattr(client, name), name
+
+
+def _env() -> dict[str, str]:
+    root = str(TESTS.parent)
+    return dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+def test_client_runtime_error_text_begins_with_the_remote_type() -> None:
+    def text(message: str, remote_type: str) -> str:
+        failure = Failure(1, "peer", ErrorCode.REMOTE_ERROR, message, remote_type=remote_type)
+        return str(error_from_failure(failure))
+
+    assert text("bad user id 42", "ValueError") == "ValueError: bad user id 42"
+    assert text("", "StopIteration") == "StopIteration"
+    # The shapes a winerp 1.x answer takes: a type read from its traceback, none at all (a
+    # traceback with no exception line), a message that already names it, a pseudo object.
+    assert text("Type is not JSON serializable: set", "TypeError") == "TypeError: Type is not JSON serializable: set"
+    assert text("it broke", "") == "it broke"
+    assert text("ValueError: it broke", "ValueError") == "ValueError: it broke"
+    assert text("'old' answered 'p' with a winerpObject", "winerpObject").startswith("winerpObject: 'old' answered")
+    error = winerp.ClientRuntimeError("m", remote_type="ValueError", remote_message="m")
+    assert error.args == ("m",) and error.remote_message == "m"  # only the text changes

@@ -5,6 +5,8 @@ A `Hub` routes named requests and fire-and-forget informs between named clients.
 asyncio code; both speak to the same hub and to each other.
 """
 
+from typing import TYPE_CHECKING
+
 from .errors import (
     ClientNotReadyError,
     ClientRuntimeError,
@@ -21,6 +23,13 @@ from .errors import (
     WinerpError,
 )
 from .hub import Hub
+
+if TYPE_CHECKING:
+    # What the lazy `__getattr__` below returns, spelled out for type checkers: they see
+    # `winerp.Client` as the asyncio client class and `winerp.sync` / `winerp.aio` as modules.
+    from . import aio as aio
+    from . import sync as sync
+    from .aio import Client as Client
 
 __version__ = "2.0.0"
 
@@ -48,11 +57,24 @@ __all__ = [
 ]
 
 
+#: Reached through `__getattr__`: imported on first use, so that `import winerp` stays quick
+#: and a blocking program never imports asyncio machinery it does not need.
+_LAZY = ("Client", "aio", "sync")
+
+
 def __getattr__(name: str) -> object:
-    # winerp.Client is the asyncio client (the 1.x import path); imported on first use so
-    # that blocking programs never import asyncio machinery they do not need.
+    # winerp.Client is the asyncio client (the 1.x import path); winerp.sync and winerp.aio
+    # are the two client packages, reachable after a plain `import winerp`.
     if name == "Client":
         from .aio import Client
 
         return Client
-    raise AttributeError(f"module 'winerp' has no attribute {name!r}")
+    if name in ("aio", "sync"):
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

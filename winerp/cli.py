@@ -23,25 +23,31 @@ __all__ = ["main", "hub_main"]
 
 
 def _hub_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to bind (default {DEFAULT_PORT})")
-    parser.add_argument("--token", default=None, help="shared secret clients must present (default: $WINERP_TOKEN)")
-    parser.add_argument("--certfile", default=None, help="TLS certificate (PEM): serve wss://")
-    parser.add_argument("--keyfile", default=None, help="TLS private key (PEM), with --certfile")
+    parser.add_argument("--host", default=DEFAULT_HOST, help="address to bind (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to bind (default: %(default)s)")
+    parser.add_argument(
+        "--token", default=None, help="shared secret clients must present (default: $WINERP_TOKEN, else none)"
+    )
+    parser.add_argument(
+        "--certfile", default=None, help="TLS certificate (PEM): serve wss:// (default: none, plain ws://)"
+    )
+    parser.add_argument("--keyfile", default=None, help="TLS private key (PEM), with --certfile (default: none)")
     parser.add_argument(
         "--allow-origin",
         action="append",
         default=[],
         metavar="ORIGIN",
-        help="let browser handshakes from ORIGIN in (repeatable); others get 403",
+        help="let browser handshakes from ORIGIN in (repeatable); others get 403 (default: none)",
     )
     parser.add_argument(
         "--max-message-size",
         type=int,
         default=DEFAULT_MAX_MESSAGE_SIZE,
-        help=f"largest message in bytes (default {DEFAULT_MAX_MESSAGE_SIZE})",
+        help="largest message in bytes (default: %(default)s)",
     )
-    parser.add_argument("--heartbeat", type=float, default=1.0, help="client heartbeat interval in seconds")
+    parser.add_argument(
+        "--heartbeat", type=float, default=1.0, help="client heartbeat interval in seconds (default: %(default)s)"
+    )
     parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level (default INFO)"
     )
@@ -92,15 +98,16 @@ def _run_hub(args: argparse.Namespace) -> int:
 
 def _run_status(args: argparse.Namespace) -> int:
     from .sync import Client
+    from .sync.client import hub_status
 
     name = f"winerp-status-{os.getpid()}"
     try:
         with Client(name, args.host, args.port, token=args.token, reconnect=False) as client:
-            status: dict[str, Any] = client._call_hub("status", 5)
+            status = hub_status(client, timeout=5)
     except (WinerpError, TimeoutError) as exc:
         print(f"winerp: no hub answered at {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
-    status["clients"] = [c for c in status["clients"] if c["name"] != name]
+    _leave_out(status, name)
     if args.json:
         print(json.dumps(status, indent=2))
         return 0
@@ -115,6 +122,13 @@ def _run_status(args: argparse.Namespace) -> int:
             f"  out {c['messages_out']} msg/{c['bytes_out']} B  routes: {routes}"
         )
     return 0
+
+
+def _leave_out(status: dict[str, Any], name: str) -> None:
+    """Drop the status command's own client from ``status``: it lists and counts the others only."""
+    clients = status["clients"]
+    status["clients"] = [c for c in clients if c["name"] != name]
+    status["connections"] = max(0, status["connections"] - (len(clients) - len(status["clients"])))
 
 
 def _run_demo(args: argparse.Namespace) -> int:
@@ -136,12 +150,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     hub_parser = commands.add_parser("hub", help="run a hub in the foreground (the default)")
     _hub_options(hub_parser)
     demo = commands.add_parser("demo", help="run a hub and two clients (sync and asyncio) that talk")
-    demo.add_argument("--port", type=int, default=0, help="hub port (default: any free port)")
+    demo.add_argument("--port", type=int, default=0, help="hub port (default: 0, any free port)")
     status = commands.add_parser("status", help="print the clients connected to a hub and its counters")
-    status.add_argument("--host", default=DEFAULT_HOST)
-    status.add_argument("--port", type=int, default=DEFAULT_PORT)
-    status.add_argument("--token", default=None)
-    status.add_argument("--json", action="store_true", help="print one JSON object")
+    status.add_argument("--host", default=DEFAULT_HOST, help="address of the hub to ask (default: %(default)s)")
+    status.add_argument("--port", type=int, default=DEFAULT_PORT, help="port of the hub to ask (default: %(default)s)")
+    status.add_argument("--token", default=None, help="the hub's shared secret (default: $WINERP_TOKEN, else none)")
+    status.add_argument(
+        "--json", action="store_true", help="print one JSON object instead of a table (default: a table)"
+    )
     args = parser.parse_args(argv)
     if args.command == "demo":
         return _run_demo(args)

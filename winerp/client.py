@@ -1,12 +1,15 @@
 """What the sync and aio clients share: construction, state, routes and events.
 
 `BaseClient` holds everything that does not wait. The two facades subclass it and add
-only the methods that wait (blocking, or awaitable) and the `Host` hooks that decide
-where user handlers run.
+only the methods that wait (blocking, or awaitable) and the hooks that decide where user
+handlers run; those reach the core through a private `HostHooks`, so they are no part of
+a client's public methods.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import queue
 import ssl
@@ -15,10 +18,19 @@ from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
 from . import errors
-from .core import Backoff, ClientCore
+from .core import Backoff, ClientCore, Host
 from .hub import DEFAULT_HOST, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PORT
 
-__all__ = ["BaseClient", "WorkerPools", "Workers", "destinations_list", "call_route", "call_event"]
+__all__ = [
+    "BaseClient",
+    "HostHooks",
+    "WorkerPools",
+    "Workers",
+    "destinations_list",
+    "call_route",
+    "call_event",
+    "is_async_callable",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 logger = logging.getLogger("winerp.client")
@@ -45,6 +57,71 @@ def call_event(handler: Callable[..., Any], args: tuple[Any, ...]) -> None:
         handler(*args)
     except Exception:
         logger.exception("event handler %r raised", getattr(handler, "__name__", handler))
+
+
+def is_async_callable(handler: object) -> bool:
+    """True when calling ``handler`` gives a coroutine or an async generator, not a value.
+
+    Sees through `functools.partial` and bound methods, and looks at the ``__call__`` of
+    a callable object.
+    """
+    while isinstance(handler, functools.partial):
+        handler = handler.func
+    if inspect.iscoroutinefunction(handler) or inspect.isasyncgenfunction(handler):
+        return True
+    if inspect.isroutine(handler) or inspect.isclass(handler):
+        return False
+    call = getattr(type(handler), "__call__", None)  # noqa: B004 - the method itself is wanted, not callable()
+    return inspect.iscoroutinefunction(call) or inspect.isasyncgenfunction(call)
+
+
+def _takes_timeout(handler: Callable[..., Any]) -> bool:
+    """True when ``handler`` has a parameter named ``timeout`` that only a keyword could fill."""
+    try:
+        parameters = list(inspect.signature(handler).parameters.values())
+    except (TypeError, ValueError):  # no signature to read (some builtins): nothing to say
+        return False
+    for index, parameter in enumerate(parameters):
+        if parameter.name != "timeout":
+            continue
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY:
+            return True
+        # The first positional parameter receives the caller's name, whatever it is called.
+        if parameter.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and index > 0:
+            return True
+    return False
+
+
+def _handler_name(handler: Callable[..., Any]) -> str:
+    """The route name a handler registered without one gets: its ``__name__``."""
+    name = getattr(handler, "__name__", None)
+    if not isinstance(name, str):
+        # e.g. a functools.partial or a callable object: say how to name it.
+        raise TypeError(f"a {type(handler).__name__} has no __name__: register it as route('some_name')(handler)")
+    return name
+
+
+class HostHooks:
+    """The `Host` a facade lends the core: where its route and event handlers run.
+
+    A separate object, so that the hooks stay private to the facades (they are not the
+    client's own methods); it holds the bound methods themselves, so the core calls them
+    with no extra hop.
+    """
+
+    __slots__ = ("lend_reader", "run_event", "run_route")
+
+    def __init__(
+        self,
+        run_route: Callable[
+            [Callable[..., Any], str, dict[str, Any], Callable[[Any, BaseException | None], None]], None
+        ],
+        run_event: Callable[[Callable[..., Any], tuple[Any, ...]], None],
+        lend_reader: Callable[[int, Callable[[], bool]], Callable[[], bool] | None],
+    ) -> None:
+        self.run_route = run_route
+        self.run_event = run_event
+        self.lend_reader = lend_reader
 
 
 class Workers:
@@ -207,11 +284,12 @@ class BaseClient:
         backoff_max: float = 3.0,
         handler_workers: int = 32,
     ) -> None:
+        hooks: Host = HostHooks(self._run_route, self._run_event, self._lend_reader)
         self._core = ClientCore(
             local_name,
             host,
             port,
-            self,  # type: ignore[arg-type]  # subclasses implement the Host hooks
+            hooks,
             token=token,
             ssl_context=ssl_context,
             reconnect=reconnect,
@@ -268,7 +346,7 @@ class BaseClient:
             InvalidRouteType: the handler is not callable.
         """
         if callable(name_or_handler):
-            return self._add_route(name_or_handler.__name__, name_or_handler)
+            return self._add_route(_handler_name(name_or_handler), name_or_handler)
         if name_or_handler is not None and not isinstance(name_or_handler, str):
             raise errors.InvalidRouteType(f"a route handler must be callable, not {type(name_or_handler).__name__}")
         alias = name_or_handler
@@ -276,11 +354,17 @@ class BaseClient:
         def decorator(handler: F) -> F:
             if not callable(handler):
                 raise errors.InvalidRouteType(f"a route handler must be callable, not {type(handler).__name__}")
-            return self._add_route(alias or handler.__name__, handler)
+            return self._add_route(alias or _handler_name(handler), handler)
 
         return decorator
 
     def _add_route(self, name: str, handler: F) -> F:
+        self._check_handler(handler, f"route {name!r}")
+        if _takes_timeout(handler):
+            raise ValueError(
+                f"route {name!r}: a handler parameter cannot be named 'timeout': request() takes "
+                "timeout itself, so no caller could pass it; give the parameter another name"
+            )
         self._core.add_route(name, handler)
         return handler
 
@@ -292,6 +376,37 @@ class BaseClient:
 
         Raises:
             NameError: no event has that name.
+            TypeError: a coroutine function given to the sync client.
         """
+        self._check_handler(handler, f"event handler {handler.__name__!r}")
         self._core.add_event(handler.__name__, handler)
         return handler
+
+    # What the facades provide. A facade whose handlers must be plain functions says so:
+    # the check runs at registration, where the mistake was made.
+    _accepts_async_handlers = True
+
+    def _check_handler(self, handler: Callable[..., Any], what: str) -> None:
+        if not self._accepts_async_handlers and is_async_callable(handler):
+            raise TypeError(
+                f"{what} is async (a coroutine function): {type(self).__module__}.{type(self).__name__} runs "
+                "plain functions on worker threads; use winerp.aio.Client for async handlers"
+            )
+
+    def _run_route(
+        self,
+        handler: Callable[..., Any],
+        source: str,
+        kwargs: dict[str, Any],
+        finish: Callable[[Any, BaseException | None], None],
+    ) -> None:
+        """Run a route handler off the reader thread, then call ``finish`` (`Host.run_route`)."""
+        raise NotImplementedError
+
+    def _run_event(self, handler: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        """Run an event handler off the reader thread, in order (`Host.run_event`)."""
+        raise NotImplementedError
+
+    def _lend_reader(self, fileno: int, read: Callable[[], bool]) -> Callable[[], bool] | None:
+        """Offer to read the connection (`Host.lend_reader`); None declines."""
+        return None

@@ -319,7 +319,7 @@ class ClientCore:
         name: The client's unique name on the hub.
         host: Hub address.
         port: Hub port.
-        host_hooks: Where user handlers run (the facade).
+        host_hooks: Where user handlers run (the facade's private `winerp.client.HostHooks`).
         token: Shared secret presented to the hub.
         ssl_context: Connect with TLS (``wss://``) using this context.
         reconnect: Come back after a dropped connection.
@@ -507,6 +507,12 @@ class ClientCore:
     def call_hub(self, route: str, args: dict[str, Any] | None, listener: Callable[[Call], None]) -> Call:
         """Call one of the hub's own routes (``peers``, ``routes``, ``status``)."""
         return self.request(HUB, route, args or {}, listener)
+
+    def peers(self, routes: bool, listener: Callable[[Call], None]) -> Call:
+        """Ask the hub for the other ready clients: sorted names, or ``{name: sorted routes}``."""
+        connection = self._live()
+        request_id, frame = connection.protocol.request(HUB, "peers", {"routes": True} if routes else {})
+        return self._track(connection, _PeersCall(request_id, listener, routes), frame)
 
     def request_many(self, route: str, sources: Iterable[str] | None, kwargs: dict[str, Any]) -> Gathering:
         """Call ``route`` on several clients at once (every one that has it when ``sources`` is None)."""
@@ -1039,3 +1045,24 @@ class _PingCall(Call):
             super().end(None, error)
         else:
             super().end(True, None)
+
+
+class _PeersCall(Call):
+    """The hub's ``peers``: ends with a list of names, or a dict of names to routes."""
+
+    __slots__ = ("routes",)
+
+    def __init__(self, request_id: int, listener: Callable[[Call], None], routes: bool) -> None:
+        super().__init__(request_id, listener)
+        self.routes = routes
+
+    def end(self, value: Any, error: BaseException | None) -> None:
+        if error is not None:
+            super().end(None, error)
+        elif self.routes and not isinstance(value, dict):
+            # A hub that ignores the option answers with names only: say so, do not guess.
+            super().end(None, errors.ProtocolError("this hub does not list its clients' routes (an older hub)"))
+        elif self.routes:
+            super().end({name: list(routes or ()) for name, routes in value.items()}, None)
+        else:
+            super().end(list(value), None)

@@ -67,6 +67,8 @@ class RouteNotFound(WinerpError):
 class ClientRuntimeError(WinerpError):
     """The remote handler raised.
 
+    ``str(error)`` begins with the remote exception's type: ``"ValueError: bad user id 42"``.
+
     Attributes:
         remote_type: The class name of the exception raised by the remote handler.
         remote_message: Its message (``str(exc)``).
@@ -80,6 +82,13 @@ class ClientRuntimeError(WinerpError):
         self.remote_type = remote_type
         self.remote_message = remote_message
         self.remote_traceback = remote_traceback
+
+    def __str__(self) -> str:
+        message = super().__str__()
+        kind = self.remote_type
+        if not kind or message == kind or message.startswith(f"{kind}:"):
+            return message  # the type is unknown (some winerp 1.x answers), or already said
+        return f"{kind}: {message}" if message else kind
 
 
 class RequestTimeout(WinerpError, TimeoutError):

@@ -681,7 +681,7 @@ class Router:
     def _answer_builtin(self, session: Session, request: Request, out: Output) -> None:
         result: Any
         if request.route == "peers":
-            result = [name for name in self.ready_names() if name != session.name]
+            result = self._peers(session, decode_value(request.args))
         elif request.route == "status":
             result = self.status()
         elif request.route == "routes":
@@ -705,6 +705,16 @@ class Router:
             )
             return
         self._send(out, session, Response(request.id, HUB, Raw(encode_value(result))))
+
+    def _peers(self, session: Session, args: Any) -> list[str] | dict[str, list[str]]:
+        """The other ready clients: sorted names, or with ``routes=True`` their sorted routes.
+
+        A winerp 1.x client's routes are unknown to the hub: it is listed with none.
+        """
+        ready = [(name, s) for name, s in sorted(self._by_name.items()) if s is not session]
+        if isinstance(args, dict) and args.get("routes") is True:
+            return {name: sorted(s.routes) if s.routes_known else [] for name, s in ready}
+        return [name for name, _ in ready]
 
     def _fail(self, out: Output, session: Session, request_id: int, peer: str, code: ErrorCode, message: str) -> None:
         self._send(out, session, Failure(request_id, peer, code, message))

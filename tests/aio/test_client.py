@@ -25,8 +25,10 @@ from winerp.aio import Client
 
 try:
     from conftest import winerp_threads
+    from security_tools import raw_ws
 except ImportError:  # tests/ is a package
     from tests.conftest import winerp_threads
+    from tests.security_tools import raw_ws
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -1173,3 +1175,56 @@ def test_winerp_client_is_the_aio_client() -> None:
     from winerp import Client as Imported
 
     assert Imported is winerp.aio.Client
+
+
+# --- first-day edges: error text, peers with routes --------------------------------------------
+
+
+@aio
+async def test_remote_error_str_begins_with_the_remote_type(clients: Clients) -> None:
+    server = await clients("b", start=False)
+
+    @server.route
+    async def fail(source: str, kind: str, user_id: int = 0) -> None:
+        if kind == "value":
+            raise ValueError(f"bad user id {user_id}")
+        if kind == "key":
+            raise KeyError("user")
+        raise RuntimeError
+
+    await server.start(timeout=5)
+    caller = await clients("a")
+    texts = []
+    for kind in ("value", "key", "bare"):
+        error = await _raises(errors.ClientRuntimeError, caller.request("fail", "b", kind=kind, user_id=42))
+        texts.append(str(error))
+    assert texts == ["ValueError: bad user id 42", "KeyError: 'user'", "RuntimeError"]
+    assert isinstance(error, errors.ClientRuntimeError)
+    assert error.remote_message == ""  # the parts stay as they were
+
+
+@aio
+async def test_peers_with_routes(clients: Clients, hub: winerp.Hub) -> None:
+    server = await clients("b", start=False)
+    server.route(_double)
+    server.route("alias")(_echo)
+    await server.start(timeout=5)
+    caller = await clients("a", start=False)
+    caller.route(_echo)  # its own routes are not listed: it is not its own peer
+    await caller.start(timeout=5)
+    assert (await clients("b")).on_hold  # a held client is no peer either
+    assert await caller.peers(routes=True) == {"b": ["_double", "alias"]}
+
+    @server.route
+    async def late(source: str) -> None:
+        pass
+
+    assert await server.ping()  # the hub reads the new route before it answers this ping
+    legacy = raw_ws(hub.port, native=False)  # a winerp 1.x client: its routes are unknown
+    try:
+        legacy.send('{"type": 1, "id": "old", "uuid": "u"}')
+        legacy.recv()
+        assert await caller.peers(5, True) == {"b": ["_double", "alias", "late"], "old": []}
+        assert await caller.peers() == await caller.peers(routes=False) == ["b", "old"]
+    finally:
+        legacy.close()

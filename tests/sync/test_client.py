@@ -21,8 +21,10 @@ from winerp.sync import Client
 
 try:
     from conftest import winerp_threads
+    from security_tools import raw_ws
 except ImportError:  # tests/ is a package
     from tests.conftest import winerp_threads
+    from tests.security_tools import raw_ws
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -1037,3 +1039,54 @@ def _constant(value: Any) -> Any:
         return value
 
     return handler
+
+
+# --- first-day edges: error text, peers with routes --------------------------------------------
+
+
+def test_remote_error_str_begins_with_the_remote_type(clients: Any) -> None:
+    server = clients("b", start=False)
+
+    @server.route
+    def fail(source: str, kind: str, user_id: int = 0) -> None:
+        if kind == "value":
+            raise ValueError(f"bad user id {user_id}")
+        if kind == "key":
+            raise KeyError("user")
+        raise RuntimeError
+
+    server.start(timeout=5)
+    caller = clients("a")
+    texts = []
+    for kind in ("value", "key", "bare"):
+        with pytest.raises(errors.ClientRuntimeError) as caught:
+            caller.request("fail", "b", kind=kind, user_id=42)
+        texts.append(str(caught.value))
+    assert texts == ["ValueError: bad user id 42", "KeyError: 'user'", "RuntimeError"]
+    assert caught.value.remote_message == ""  # the parts stay as they were
+
+
+def test_peers_with_routes(clients: Any, hub: winerp.Hub) -> None:
+    server = clients("b", start=False)
+    server.route(_double)
+    server.route("alias")(_echo)
+    server.start(timeout=5)
+    caller = clients("a", start=False)
+    caller.route(_echo)  # its own routes are not listed: it is not its own peer
+    caller.start(timeout=5)
+    assert clients("b").on_hold  # a held client is no peer either
+    assert caller.peers(routes=True) == {"b": ["_double", "alias"]}
+
+    @server.route
+    def late(source: str) -> None:
+        pass
+
+    assert server.ping()  # the hub reads the new route before it answers this ping
+    legacy = raw_ws(hub.port, native=False)  # a winerp 1.x client: its routes are unknown
+    try:
+        legacy.send('{"type": 1, "id": "old", "uuid": "u"}')
+        legacy.recv()
+        assert caller.peers(5, True) == {"b": ["_double", "alias", "late"], "old": []}
+        assert caller.peers() == caller.peers(routes=False) == ["b", "old"]
+    finally:
+        legacy.close()

@@ -5,22 +5,29 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
-import inspect
 import logging
 import os
 import threading
 from collections.abc import Callable, Coroutine, Iterable
-from typing import Any
+from typing import Any, Literal, overload
 
 from .. import errors
-from ..client import BaseClient, call_event, call_route, destinations_list
+from ..client import BaseClient, call_event, call_route, destinations_list, is_async_callable
 from ..core import Call
 
 __all__ = ["Client"]
 
 logger = logging.getLogger(__name__)
 # Asked for every request a handler serves; the answer never changes.
-_is_coroutine_function = functools.lru_cache(maxsize=4096)(inspect.iscoroutinefunction)
+_is_async_cached = functools.lru_cache(maxsize=4096)(is_async_callable)
+
+
+def _is_async(handler: Callable[..., Any]) -> bool:
+    """`is_async_callable`, remembered per handler (an unhashable callable object is asked each time)."""
+    try:
+        return _is_async_cached(handler)
+    except TypeError:
+        return is_async_callable(handler)
 
 
 class Client(BaseClient):
@@ -159,10 +166,31 @@ class Client(BaseClient):
         waiter, listener = self._waiter()
         return bool(await self._wait(self._core.ping(name, listener), waiter, timeout))
 
-    async def peers(self, timeout: float = 5) -> list[str]:
-        """Return the sorted names of the other clients that are ready on the hub."""
+    @overload
+    async def peers(self, timeout: float = ..., routes: Literal[False] = ...) -> list[str]: ...
+
+    @overload
+    async def peers(self, timeout: float, routes: Literal[True]) -> dict[str, list[str]]: ...
+
+    @overload
+    async def peers(self, *, timeout: float = ..., routes: Literal[True]) -> dict[str, list[str]]: ...
+
+    @overload
+    async def peers(self, timeout: float = ..., routes: bool = ...) -> list[str] | dict[str, list[str]]: ...
+
+    async def peers(self, timeout: float = 5, routes: bool = False) -> list[str] | dict[str, list[str]]:
+        """Return the sorted names of the other clients that are ready on the hub.
+
+        With ``routes=True``, return ``{name: sorted names of its routes}`` instead (a
+        winerp 1.x client, whose routes the hub cannot know, has an empty list).
+
+        Raises:
+            ClientNotReadyError: this client is not connected.
+            RequestTimeout: no answer within ``timeout``.
+        """
         waiter, listener = self._waiter()
-        return list(await self._wait(self._core.call_hub("peers", None, listener), waiter, timeout))
+        result: list[str] | dict[str, list[str]] = await self._wait(self._core.peers(routes, listener), waiter, timeout)
+        return result
 
     async def request_many(
         self, route: str, sources: Iterable[str] | None = None, timeout: float = 60, **kwargs: Any
@@ -204,9 +232,9 @@ class Client(BaseClient):
         finally:
             timer.cancel()
 
-    # Host hooks, called by the core's reader thread
+    # The core's Host hooks (lent through `HostHooks`), called by its reader thread
 
-    def run_route(
+    def _run_route(
         self,
         handler: Callable[..., Any],
         source: str,
@@ -214,7 +242,7 @@ class Client(BaseClient):
         finish: Callable[[Any, BaseException | None], None],
     ) -> None:
         """Run a coroutine handler on the loop, a plain one in a worker thread."""
-        if _is_coroutine_function(handler):
+        if _is_async(handler):
             if not self._spawn(_run_route(handler, source, kwargs, finish)):
                 finish(None, errors.ClientNotReadyError(f"client {self.name!r} has no running event loop"))
             return
@@ -224,9 +252,9 @@ class Client(BaseClient):
         else:
             pool.submit(call_route, handler, source, kwargs, finish)
 
-    def run_event(self, handler: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    def _run_event(self, handler: Callable[..., Any], args: tuple[Any, ...]) -> None:
         """Run an event handler: coroutines as tasks on the loop, plain functions on the event thread."""
-        if _is_coroutine_function(handler):
+        if _is_async(handler):
             self._spawn(_run_event(handler, args))
             return
         pool = self._workers.events()
@@ -258,7 +286,7 @@ class Client(BaseClient):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def lend_reader(self, fileno: int, read: Callable[[], bool]) -> Callable[[], bool] | None:
+    def _lend_reader(self, fileno: int, read: Callable[[], bool]) -> Callable[[], bool] | None:
         """Read the connection on this client's event loop (called by the core).
 
         Answers then reach their awaiting tasks, and requests their coroutine handlers,

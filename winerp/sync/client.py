@@ -5,7 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Literal, overload
 
 from .. import errors
 from ..client import BaseClient, call_event, call_route, destinations_list
@@ -115,9 +115,34 @@ class Client(BaseClient):
         ended.acquire()
         return bool(self._wait(self._core.ping(name, lambda _: ended.release()), ended, timeout))
 
-    def peers(self, timeout: float = 5) -> list[str]:
-        """Return the sorted names of the other clients that are ready on the hub."""
-        return list(self._call_hub("peers", timeout))
+    @overload
+    def peers(self, timeout: float = ..., routes: Literal[False] = ...) -> list[str]: ...
+
+    @overload
+    def peers(self, timeout: float, routes: Literal[True]) -> dict[str, list[str]]: ...
+
+    @overload
+    def peers(self, *, timeout: float = ..., routes: Literal[True]) -> dict[str, list[str]]: ...
+
+    @overload
+    def peers(self, timeout: float = ..., routes: bool = ...) -> list[str] | dict[str, list[str]]: ...
+
+    def peers(self, timeout: float = 5, routes: bool = False) -> list[str] | dict[str, list[str]]:
+        """Return the sorted names of the other clients that are ready on the hub.
+
+        With ``routes=True``, return ``{name: sorted names of its routes}`` instead (a
+        winerp 1.x client, whose routes the hub cannot know, has an empty list).
+
+        Raises:
+            ClientNotReadyError: this client is not connected.
+            RequestTimeout: no answer within ``timeout``.
+        """
+        ended = threading.Lock()
+        ended.acquire()
+        result: list[str] | dict[str, list[str]] = self._wait(
+            self._core.peers(routes, lambda _: ended.release()), ended, timeout
+        )
+        return result
 
     def request_many(
         self, route: str, sources: Iterable[str] | None = None, timeout: float = 60, **kwargs: Any
@@ -158,9 +183,11 @@ class Client(BaseClient):
             raise
         return call.outcome()
 
-    # Host hooks, called by the core's reader thread
+    # The core's Host hooks (lent through `HostHooks`), called by its reader thread
 
-    def run_route(
+    _accepts_async_handlers = False  # handlers run on threads: an async one is refused at registration
+
+    def _run_route(
         self,
         handler: Callable[..., Any],
         source: str,
@@ -172,12 +199,21 @@ class Client(BaseClient):
         if pool is not None:
             pool.submit(call_route, handler, source, kwargs, finish)
 
-    def lend_reader(self, fileno: int, read: Callable[[], bool]) -> Callable[[], bool] | None:
-        """Decline: a blocking client's connection is read by the core's own thread."""
-        return None
-
-    def run_event(self, handler: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    def _run_event(self, handler: Callable[..., Any], args: tuple[Any, ...]) -> None:
         """Run an event handler on the event thread, in order."""
         pool = self._workers.events()
         if pool is not None:
             pool.submit(call_event, handler, args)
+
+
+def hub_status(client: Client, timeout: float = 5) -> dict[str, Any]:
+    """The hub's status object (what ``winerp status --json`` prints), asked by ``client``.
+
+    For the command line and tools; the status lists ``client`` itself too.
+
+    Raises:
+        ClientNotReadyError: ``client`` is not connected.
+        RequestTimeout: no answer within ``timeout``.
+    """
+    status: dict[str, Any] = client._call_hub("status", timeout)
+    return status
