@@ -818,13 +818,29 @@ class ClientCore:
             # Fail the websocket as RFC 6455 section 7.1.7 asks: a close frame with the
             # reason first (1002 protocol error, 1007 invalid data, 1009 too big), then drop.
             code, reason = (exc.code, exc.reason) if isinstance(exc, FrameError) else (CLOSE_PROTOCOL_ERROR, str(exc))
-            self._send(connection, close_payload(code, reason), OP_CLOSE, wait=True)
+            self._last_frame(connection, close_payload(code, reason))
             self._drop(connection)
         except (OSError, ValueError) as exc:
             self._log_read_error(connection, exc)
             self._drop(connection)
         finally:
             connection.read_lock.release()
+
+    def _last_frame(self, connection: _Connection, close: bytes) -> None:
+        """Send the close frame ``close`` after what is queued, and make it the last frame sent.
+
+        RFC 6455 section 5.5.1: nothing may follow a close frame. Once it is out the socket
+        is shut for writing (under the write lock), so an answer a route handler finishes
+        later fails to write instead of following the close frame.
+        """
+        with connection.write_lock:
+            queue = connection.queue
+            parts = [queue.popleft() for _ in range(len(queue))]
+            if self._write(connection, b"".join([*parts, client_frame(OP_CLOSE, close)])):
+                try:
+                    connection.sock.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
 
     def _log_read_error(self, connection: _Connection, exc: Exception) -> None:
         if isinstance(exc, (FrameError, errors.ProtocolError)):
@@ -891,7 +907,7 @@ class ClientCore:
                 self._note_close(connection, payload)
                 # Answer the hub's close, echoing its code as RFC 6455 section 5.5.1 suggests,
                 # before the socket is shut.
-                self._send(connection, payload[:2], OP_CLOSE, wait=True)
+                self._last_frame(connection, payload[:2])
                 raise _HubClosed
             elif opcode == OP_PING:
                 self._send(connection, payload, OP_PONG)

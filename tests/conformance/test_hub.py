@@ -92,7 +92,9 @@ def header_of(frame: bytes) -> bytes:
 # --- framing: sizes and length encodings ------------------------------------------------------
 
 
-@pytest.mark.parametrize("size", [125, 126, 65535, 65536, 1 << 20], ids=["7bit-125", "16bit-126", "16bit-65535", "64bit-65536", "64bit-1MiB"])
+@pytest.mark.parametrize(
+    "size", [125, 126, 65535, 65536, 1 << 20], ids=["7bit-125", "16bit-126", "16bit-65535", "64bit-65536", "64bit-1MiB"]
+)
 def test_message_of_each_length_encoding_is_delivered(hub: winerp.Hub, size: int) -> None:
     target_name = _name("target")
     target = registered(hub.port, target_name)
@@ -209,9 +211,7 @@ def test_binary_message_in_fragments_is_reassembled(hub: winerp.Hub, count: int)
     pieces = _pieces(message, count)
     sender.send(*(sender.binary(piece, fin=index == count - 1) for index, piece in enumerate(pieces)))
     information = information_of(target)
-    assert msgspec.msgpack.decode(information.data) == b"x" * len(
-        msgspec.msgpack.decode(information.data)
-    )
+    assert msgspec.msgpack.decode(information.data) == b"x" * len(msgspec.msgpack.decode(information.data))
     sender.shut()
     target.shut()
 

@@ -150,7 +150,8 @@ class Peer:
             assert kind != "eof", "the connection ended without a close frame"
             if kind == "close":
                 break
-        assert self.rest(deadline - time.monotonic()) == b"", "bytes sent after a close frame"
+        after = self.rest(deadline - time.monotonic())
+        assert after == b"", f"bytes sent after a close frame: {after!r}"
         return value  # type: ignore[no-any-return]
 
     def rest(self, timeout: float = TIMEOUT) -> bytes:
