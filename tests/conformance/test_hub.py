@@ -322,8 +322,7 @@ def test_close_reason_with_invalid_utf8_is_refused_with_1007(hub: winerp.Hub) ->
 
 
 @pytest.mark.parametrize("bits", [16, 64])
-def test_message_over_the_limit_is_refused_from_its_header(small_hub: winerp.Hub, bits: int) -> None:
-    peer = open_hub(small_hub.port)
+def test_message_over_the_limit_is_refused_from_its_header(bits: int) -> None:
     size = SMALL_LIMIT + 1 if bits == 64 else 65535
     limit = SMALL_LIMIT if bits == 64 else 65534
     with winerp.Hub(port=0, max_message_size=limit) as strict:
@@ -406,3 +405,18 @@ def test_frames_sent_one_byte_at_a_time(hub: winerp.Hub) -> None:
     assert isinstance(decode_frame(peer.expect("binary")), Welcome)
     assert peer.expect("pong") == b"drip"
     peer.shut()
+
+
+def test_endless_empty_fragments_close_the_connection_at_the_default_limit(hub: winerp.Hub) -> None:
+    """The default 8 MiB limit allows 131,072 fragments; empty ones used to be taken forever."""
+    peer = open_hub(hub.port)
+    allowed = hub.max_message_size // 64
+    empty = hand_frame(CONTINUATION, fin=False)
+    peer.send(hand_frame(BINARY, fin=False))
+    for _ in range(allowed // 8192 + 1):
+        try:
+            peer.send(empty * 8192)
+        except OSError:
+            break  # the hub closed after the last fragment it allows
+    got, reason = peer.expect_close()
+    assert got == 1009 and "fragments" in reason
