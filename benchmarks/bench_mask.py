@@ -4,8 +4,8 @@ Masking (client to hub) and unmasking (at the hub) are the same XOR with a 4-byt
 Before, a winerp client picked keys of four equal bytes (one random byte, four times), so
 masking was one ``bytes.translate``; keys of four different bytes (websocket-client's, and
 now every winerp key, as RFC 6455 section 5.3 requires) took a big-int XOR. Now keys are
-32 random bits, and `unmask` XORs small payloads as big ints and, from 16 KiB on, with four
-strided translates. The script times, per size:
+32 random bits, and `unmask` XORs small payloads as one big int and, from 16 KiB on, as one
+big int per 8 KiB chunk. The script times, per size:
 
 - ``old random key``: the old big-int path with a key of four different bytes;
 - ``old equal-byte key``: the old translate path (what the old, predictable keys cost);
