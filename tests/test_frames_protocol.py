@@ -984,7 +984,7 @@ def test_admit_checks_origin_before_token() -> None:
         (_head(method="POST"), 400),
         (_head(upgrade="h2c"), 426),
         (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 426),
-        (_head(version="8"), 400),
+        (_head(version="8"), 426),
         (_head().replace(b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", b""), 400),
         (_head("Sec-WebSocket-Protocol: chat"), 400),
         (b"GARBAGE\r\n\r\n", 400),

@@ -20,9 +20,11 @@ import pytest
 import websocket
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import Request as WsRequest
 
 import winerp
-from winerp import errors
+from winerp import errors, handshake
 from winerp.frames import (
     HUB,
     SUBPROTOCOL,
@@ -364,6 +366,85 @@ def test_router_identity_is_stamped(frames: list[Frame]) -> None:
                 assert forwarded.source == "sender"
             elif isinstance(forwarded, Presence):
                 assert forwarded.name == "sender"
+
+
+# --- the opening handshake -----------------------------------------------------------------
+
+HEADER_NAMES = [
+    "Host",
+    "Upgrade",
+    "Connection",
+    "Sec-WebSocket-Key",
+    "Sec-WebSocket-Version",
+    "Sec-WebSocket-Protocol",
+    "Sec-WebSocket-Extensions",
+    "Origin",
+    "X-Winerp-Token",
+]
+header_values = st.sampled_from(
+    ["websocket", "Upgrade", "13", "dGhlIHNhbXBsZSBub25jZQ==", SUBPROTOCOL, "", "a, b", "keep-alive, Upgrade"]
+) | st.text(st.characters(min_codepoint=0, max_codepoint=255), max_size=30)
+header_lines = st.lists(
+    st.tuples(
+        st.sampled_from(HEADER_NAMES) | st.text(max_size=12), st.sampled_from([": ", ":", " : ", ""]), header_values
+    ).map(lambda part: f"{part[0]}{part[1]}{part[2]}"),
+    max_size=10,
+)
+request_lines = st.sampled_from(
+    ["GET / HTTP/1.1", "GET / HTTP/1.0", "POST / HTTP/1.1", "GET /x HTTP/1.1 extra"]
+) | st.text(max_size=30)
+
+
+def _check_verdict(head: bytes) -> None:
+    verdict = handshake.admit(head, token=None, allowed_origins=None)
+    assert isinstance(verdict, (handshake.Admission, handshake.Refusal))
+    if isinstance(verdict, handshake.Refusal):
+        response = verdict.response()
+        assert response.startswith(f"HTTP/1.1 {verdict.status} ".encode())
+    else:
+        assert handshake.switching_protocols(verdict).startswith(b"HTTP/1.1 101 ")
+    parsed = handshake.parse_request(head)
+    assert isinstance(parsed, (tuple, handshake.Refusal))
+
+
+@FUZZ
+@given(st.binary(max_size=600))
+def test_handshake_random_bytes(head: bytes) -> None:
+    """Whatever bytes arrive, the handshake parser answers Admission or Refusal and never raises."""
+    _check_verdict(head)
+    _check_verdict(head + b"\r\n\r\n")
+
+
+@FUZZ
+@given(request_lines, header_lines)
+def test_handshake_header_soup(request_line: str, lines: list[str]) -> None:
+    """Request heads made of plausible and broken lines: a verdict every time."""
+    _check_verdict(("\r\n".join([request_line, *lines]) + "\r\n\r\n").encode("utf-8", "surrogatepass"))
+
+
+hostnames = st.from_regex(r"[a-z][a-z0-9-]{0,20}(\.[a-z]{2,5})?(:[0-9]{1,5})?", fullmatch=True) | st.just("[::1]:13254")
+targets = st.from_regex(r"/[A-Za-z0-9._~/-]{0,30}(\?[a-z]=[0-9]{1,4})?", fullmatch=True)
+extra_headers = st.lists(
+    st.tuples(
+        st.from_regex(r"X-[A-Za-z][A-Za-z0-9-]{0,15}", fullmatch=True),
+        st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40).map(str.strip),
+    ),
+    max_size=5,
+)
+
+
+@FUZZ
+@given(hostnames, targets, st.booleans(), st.lists(st.sampled_from(["chat", "v2.json"]), max_size=2), extra_headers)
+def test_wsproto_client_handshakes_are_admitted(
+    host: str, target: str, native: bool, others: list[str], extra: list[tuple[str, str]]
+) -> None:
+    """Every request wsproto's client handshake builds (a fresh random key each time) is admitted."""
+    subprotocols = [*others, SUBPROTOCOL] if native else []
+    request = WsRequest(host=host, target=target, subprotocols=subprotocols, extra_headers=extra)
+    head = WSConnection(ConnectionType.CLIENT).send(request)
+    verdict = handshake.admit(head, token=None, allowed_origins=None)
+    assert isinstance(verdict, handshake.Admission), (verdict, head)
+    assert verdict.native == native
 
 
 # --- a live hub ----------------------------------------------------------------------------

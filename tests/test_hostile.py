@@ -132,8 +132,8 @@ def test_broken_handshakes(hub: winerp.Hub) -> None:
     cases = {
         "no key": (upgrade_request(port, Sec_WebSocket_Key=None), "400"),
         "empty key": (upgrade_request(port, Sec_WebSocket_Key=""), "400"),
-        "version 8": (upgrade_request(port, Sec_WebSocket_Version="8"), "400"),
-        "no version": (upgrade_request(port, Sec_WebSocket_Version=None), "400"),
+        "version 8": (upgrade_request(port, Sec_WebSocket_Version="8"), "426"),
+        "no version": (upgrade_request(port, Sec_WebSocket_Version=None), "426"),
         "unknown subprotocol": (upgrade_request(port, Sec_WebSocket_Protocol="chat, superchat"), "400"),
         "a browser Origin": (upgrade_request(port, Origin="https://evil.example"), "403"),
         "a null Origin": (upgrade_request(port, Origin="null"), "403"),

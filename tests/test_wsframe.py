@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 from websocket import ABNF
 
 from winerp.wsframe import (
+    FRAGMENT_BYTES,
+    MIN_FRAGMENTS,
     OP_BINARY,
     OP_CLOSE,
     OP_CONTINUATION,
@@ -151,3 +153,128 @@ def test_the_single_frame_shortcut_keeps_every_rule() -> None:
         assert FrameReader(masked=False, max_size=1 << 20).feed(server_frame(OP_BINARY, payload)) == [
             (OP_BINARY, payload)
         ]
+
+
+# --- regressions ------------------------------------------------------------------------------
+
+
+def _masked(first: int, payload: bytes) -> bytes:
+    """A client frame with a given first byte (FIN, RSV, opcode), masked with a fixed key."""
+    key = b"\x11\x22\x33\x44"
+    assert len(payload) < 126
+    return bytes((first, 0x80 | len(payload))) + key + unmask(payload, key)
+
+
+@pytest.mark.parametrize("size", [0, 2])
+def test_many_tiny_fragments_are_refused(size: int) -> None:
+    """Each fragment costs memory beyond its payload: a message may have one per 64 bytes of the limit.
+
+    Before the fix, 2-byte fragments of an 8 MiB message cost the hub about 225 MiB, and empty
+    fragments were never refused at all.
+    """
+    limit = 8 * 1024 * 1024
+    reader = FrameReader(masked=True, max_size=limit)
+    allowed = limit // FRAGMENT_BYTES
+    start = _masked(OP_BINARY, b"x" * size)
+    more = _masked(OP_CONTINUATION, b"y" * size)
+    assert reader.feed(start + more * (allowed - 1)) == []
+    with pytest.raises(FrameError) as caught:
+        reader.feed(more)
+    assert caught.value.code == 1009
+    # A small limit still allows a few fragments.
+    small = FrameReader(masked=True, max_size=100)
+    stream = (
+        _masked(
+            OP_BINARY,
+            b"a",
+        )
+        + _masked(OP_CONTINUATION, b"") * (MIN_FRAGMENTS - 2)
+        + _masked(0x80, b"z")
+    )
+    assert small.feed(stream) == [(OP_BINARY, b"az")]
+
+
+@pytest.mark.parametrize("size", [0, 5, 125, 126, 127, 300, 65535, 65536])
+def test_a_frame_cut_at_every_byte_offset(size: int) -> None:
+    """A first read of 3 bytes of a 16-bit-length frame used to crash the one-frame shortcut."""
+    payload = os.urandom(size)
+    for frame, masked in ((client_frame(OP_BINARY, payload), True), (server_frame(OP_BINARY, payload), False)):
+        offsets = range(len(frame) + 1) if len(frame) < 1000 else [*range(16), len(frame) - 1, len(frame)]
+        for offset in offsets:
+            reader = FrameReader(masked=masked, max_size=1 << 20)
+            assert reader.feed(frame[:offset]) + reader.feed(frame[offset:]) == [(OP_BINARY, payload)], offset
+
+
+def test_masking_keys_are_fresh_and_unpredictable() -> None:
+    """RFC 6455 5.3 and 10.3: 32-bit keys from a strong entropy source (they were one random byte, four times)."""
+    keys = [client_frame(OP_BINARY, b"x")[2:6] for _ in range(2000)]
+    assert len(set(keys)) >= 1990
+    assert sum(key[0] == key[1] == key[2] == key[3] for key in keys) < 5
+    # Every byte position takes many values: all 32 bits are random.
+    for position in range(4):
+        assert len({key[position] for key in keys}) > 200
+
+
+@pytest.mark.parametrize("size", [0, 1, 3, 4, 5, 16, 1023, 16383, 16384, 16385, 65536, 100_001])
+def test_masking_with_four_different_key_bytes(size: int) -> None:
+    payload = os.urandom(size)
+    key = b"\x01\x80\xfe\x33"
+    expected = bytes(byte ^ key[index % 4] for index, byte in enumerate(payload))
+    assert unmask(payload, key) == expected
+    assert FrameReader(masked=True, max_size=1 << 20).feed(client_frame(OP_BINARY, payload)) == [(OP_BINARY, payload)]
+
+
+def test_messages_before_a_bad_frame_are_returned() -> None:
+    """A read with a good message and then a bad frame: the message comes out, then the error."""
+    good = client_frame(OP_BINARY, b"good")
+    ping = client_frame(OP_PING, b"p")
+    bad = _masked(0x80 | 0x40 | OP_BINARY, b"rsv1")
+    reader = FrameReader(masked=True, max_size=1000)
+    assert reader.feed(good + ping + bad + good) == [(OP_BINARY, b"good"), (OP_PING, b"p")]
+    assert reader.failure is not None and reader.failure.code == 1002
+    with pytest.raises(FrameError):
+        reader.feed(good)
+    # A read that begins with the bad frame raises at once.
+    with pytest.raises(FrameError):
+        FrameReader(masked=True, max_size=1000).feed(bad + good)
+
+
+def test_nothing_after_a_close_frame_is_read() -> None:
+    reader = FrameReader(masked=True, max_size=1000)
+    close = client_frame(OP_CLOSE, close_payload(1000, "bye"))
+    assert reader.feed(client_frame(OP_BINARY, b"a") + close + b"\xff\xff garbage") == [
+        (OP_BINARY, b"a"),
+        (OP_CLOSE, close_payload(1000, "bye")),
+    ]
+    assert reader.closed and reader.failure is None
+    assert reader.feed(client_frame(OP_BINARY, b"late")) == []
+
+
+HEADER_ONLY = {
+    "ping announcing 126 bytes": bytes((0x80 | OP_PING, 0x80 | 126)),
+    "close announcing 127 (64-bit) length": bytes((0x80 | OP_CLOSE, 0x80 | 127)),
+    "fragmented ping": bytes((OP_PING, 0x80 | 5)),
+    "rsv1 on a binary frame": bytes((0xC0 | OP_BINARY, 0x80 | 100)),
+    "rsv3 on a pong": bytes((0x90 | 0xA, 0x80 | 1)),
+    "opcode 3": bytes((0x83, 0x80 | 126)),
+    "opcode 11": bytes((0x8B, 0x80)),
+    "an unmasked client frame": bytes((0x82, 126)),
+    "a continuation with nothing to continue": bytes((0x80, 0x80 | 126)),
+}
+
+
+@pytest.mark.parametrize("what", list(HEADER_ONLY))
+def test_bad_header_is_refused_before_any_payload(what: str) -> None:
+    """Whatever the first two bytes decide is checked as soon as they are in, payload or not."""
+    reader = FrameReader(masked=True, max_size=1 << 20)
+    with pytest.raises(FrameError) as caught:
+        reader.feed(HEADER_ONLY[what])
+    assert caught.value.code == 1002
+
+
+@pytest.mark.parametrize(("code", "extended"), [(126, (5).to_bytes(2, "big")), (127, (65535).to_bytes(8, "big"))])
+def test_non_minimal_lengths_are_refused(code: int, extended: bytes) -> None:
+    """RFC 6455 5.2: the minimal number of bytes MUST be used to encode the length."""
+    with pytest.raises(FrameError) as caught:
+        FrameReader(masked=True, max_size=1 << 20).feed(bytes((0x82, 0x80 | code)) + extended)
+    assert caught.value.code == 1002

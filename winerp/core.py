@@ -819,14 +819,37 @@ class ClientCore:
             pass
         except _HubClosed:
             self._drop(connection)
-        except (errors.ProtocolError, OSError, ValueError) as exc:
+        except (FrameError, errors.ProtocolError) as exc:
+            self._log_read_error(connection, exc)
+            # Fail the websocket as RFC 6455 section 7.1.7 asks: a close frame with the
+            # reason first (1002 protocol error, 1007 invalid data, 1009 too big), then drop.
+            code, reason = (exc.code, exc.reason) if isinstance(exc, FrameError) else (CLOSE_PROTOCOL_ERROR, str(exc))
+            self._last_frame(connection, close_payload(code, reason))
+            self._drop(connection)
+        except (OSError, ValueError) as exc:
             self._log_read_error(connection, exc)
             self._drop(connection)
         finally:
             connection.read_lock.release()
 
+    def _last_frame(self, connection: _Connection, close: bytes) -> None:
+        """Send the close frame ``close`` after what is queued, and make it the last frame sent.
+
+        RFC 6455 section 5.5.1: nothing may follow a close frame. Once it is out the socket
+        is shut for writing (under the write lock), so an answer a route handler finishes
+        later fails to write instead of following the close frame.
+        """
+        with connection.write_lock:
+            queue = connection.queue
+            parts = [queue.popleft() for _ in range(len(queue))]
+            if self._write(connection, b"".join([*parts, client_frame(OP_CLOSE, close)])):
+                try:
+                    connection.sock.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+
     def _log_read_error(self, connection: _Connection, exc: Exception) -> None:
-        if isinstance(exc, errors.ProtocolError):
+        if isinstance(exc, (FrameError, errors.ProtocolError)):
             logger.error("client %r: bad data from the hub (%s); dropping the connection", self.name, exc)
         elif connection.alive and not self._closing.is_set():
             # ValueError: close() on another thread closed the socket under select().
@@ -837,6 +860,8 @@ class ClientCore:
 
         Raises:
             _HubClosed: the hub closed the websocket.
+            FrameError: the hub broke the framing rules (after the messages before the bad
+                frame were handled).
             ProtocolError, OSError, ValueError: the connection is broken.
         """
         sock = connection.sock
@@ -853,10 +878,7 @@ class ClientCore:
                 parts.append(sock.recv(_READ_SIZE))
             data = b"".join(parts)
         connection.bytes_read += len(data)
-        try:
-            messages = connection.reader.feed(data)
-        except FrameError as exc:
-            raise errors.ProtocolError(f"bad websocket framing: {exc}") from None
+        messages = connection.reader.feed(data)
         now = time.monotonic()
         protocol = connection.protocol
         for opcode, payload in messages:
@@ -889,14 +911,17 @@ class ClientCore:
                             self._lend(connection)
             elif opcode == OP_CLOSE:
                 self._note_close(connection, payload)
-                # Answer the hub's close, as RFC 6455 asks, before the socket is shut.
-                self._send(connection, close_payload(1000, ""), OP_CLOSE, wait=True)
+                # Answer the hub's close, echoing its code as RFC 6455 section 5.5.1 suggests,
+                # before the socket is shut.
+                self._last_frame(connection, payload[:2])
                 raise _HubClosed
             elif opcode == OP_PING:
                 self._send(connection, payload, OP_PONG)
             elif opcode == OP_TEXT:
                 raise errors.ProtocolError("the hub sent a text message on a native connection")
             # OP_PONG: nothing to do (the heartbeat is a protocol Ping, not a websocket one).
+        if connection.reader.failure is not None:
+            raise connection.reader.failure  # the messages before the bad frame went through
 
     def _welcomed(
         self, connection: _Connection, welcome: Welcome, start_future: concurrent.futures.Future[None]

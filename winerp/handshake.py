@@ -81,27 +81,53 @@ class Refusal:
         return head.encode() + b"\r\n" + body
 
 
+# A header name is an HTTP token (RFC 9110, section 5.6.2): no spaces, no separators.
+_TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+# Headers that may appear once only: two of them make the request ambiguous.
+_SINGLE_HEADERS = frozenset({"host", "sec-websocket-key", "sec-websocket-version", TOKEN_HEADER})
+
+
+def _is_token(text: str) -> bool:
+    return bool(text) and all(char in _TOKEN_CHARS for char in text)
+
+
+def _valid_version(version: str) -> bool:
+    return len(version) == 8 and version.startswith("HTTP/") and version[5::2].isdigit() and version[6] == "."
+
+
 def parse_request(head: bytes) -> tuple[str, str, dict[str, str]] | Refusal:
-    """Split an HTTP request head into method, target and lower-cased headers."""
+    """Split an HTTP request head into method, target and lower-cased headers.
+
+    Refused (400): a request line that is not ``METHOD SP target SP HTTP/x.y``, a header line
+    with no colon, with a name that is not a token (e.g. a space before the colon, which
+    RFC 9112 section 5.1 says must be refused), a folded line, a control character in a
+    value, or a second ``Host``, ``Sec-WebSocket-Key``, ``Sec-WebSocket-Version`` or token.
+    """
     try:
         text = head.decode("latin-1")
         request_line, *lines = text.split("\r\n")
         method, target, version = request_line.split(" ")
     except ValueError:
         return Refusal(400, "malformed HTTP request")
-    if not version.startswith("HTTP/1."):
-        return Refusal(400, "unsupported HTTP version")
+    if not _is_token(method) or not target or not _valid_version(version):
+        return Refusal(400, "malformed HTTP request line")
     headers: dict[str, str] = {}
     for line in lines:
         if not line:
             continue
         name, sep, value = line.partition(":")
-        if not sep:
-            return Refusal(400, "malformed HTTP header")
-        key = name.strip().lower()
+        if not sep or not _is_token(name):
+            return Refusal(400, "malformed HTTP header line")
+        key = name.lower()
         value = value.strip()
-        # Repeated headers are joined, as HTTP allows for list-valued ones.
-        headers[key] = f"{headers[key]}, {value}" if key in headers else value
+        if "\0" in value or "\n" in value or "\r" in value:
+            return Refusal(400, "a control character in an HTTP header value")
+        if key in headers:
+            if key in _SINGLE_HEADERS:
+                return Refusal(400, f"the {name} header may appear only once")
+            # Repeated headers are joined, as HTTP allows for list-valued ones.
+            value = f"{headers[key]}, {value}"
+        headers[key] = value
     return method, target, headers
 
 
@@ -120,6 +146,36 @@ def _tokens(value: str) -> list[str]:
     return [item.strip().lower() for item in value.split(",") if item.strip()]
 
 
+def _valid_key(key: str) -> bool:
+    """Whether ``key`` is the base64 form of 16 bytes, as RFC 6455 section 4.1 requires."""
+    if len(key) != 24:
+        return False
+    try:
+        return len(base64.b64decode(key, validate=True)) == 16
+    except ValueError:
+        return False
+
+
+def _upgrade_refusal(method: str, version: bytes, headers: dict[str, str]) -> Refusal | None:
+    """The refusal of a request that is not a valid websocket upgrade (RFC 6455 section 4.2.1), if any."""
+    if method != "GET":
+        return Refusal(400, "a winerp hub only accepts websocket upgrades")
+    if version != b"HTTP/1.1":
+        return Refusal(400, "a websocket upgrade needs HTTP/1.1")
+    if "host" not in headers:
+        return Refusal(400, "no Host header")
+    if "websocket" not in _tokens(headers.get("upgrade", "")) or "upgrade" not in _tokens(
+        headers.get("connection", "")
+    ):
+        return Refusal(426, "a winerp hub only accepts websocket upgrades")
+    if headers.get("sec-websocket-version") != "13":
+        # Section 4.4: say which version this hub speaks (the 426 answer carries it).
+        return Refusal(426, "unsupported or missing Sec-WebSocket-Version (this hub speaks 13)")
+    if not _valid_key(headers.get("sec-websocket-key", "")):
+        return Refusal(400, "missing or malformed Sec-WebSocket-Key (base64 of 16 bytes)")
+    return None
+
+
 def admit(head: bytes, *, token: str | None, allowed_origins: Collection[str] | None) -> Admission | Refusal:
     """Decide whether an HTTP request head may become a winerp connection.
 
@@ -129,18 +185,16 @@ def admit(head: bytes, *, token: str | None, allowed_origins: Collection[str] | 
         allowed_origins: ``Origin`` values let in; any other request carrying an ``Origin``
             header (a web browser) is refused with 403.
     """
+    if len(head) > MAX_REQUEST_BYTES:
+        return Refusal(400, "request head too large")
     parsed = parse_request(head)
     if isinstance(parsed, Refusal):
         return parsed
     method, _target, headers = parsed
-    if method != "GET":
-        return Refusal(400, "a winerp hub only accepts websocket upgrades")
-    if "websocket" not in _tokens(headers.get("upgrade", "")) or "upgrade" not in _tokens(
-        headers.get("connection", "")
-    ):
-        return Refusal(426, "a winerp hub only accepts websocket upgrades")
-    if not headers.get("sec-websocket-key") or headers.get("sec-websocket-version") != "13":
-        return Refusal(400, "missing or unsupported Sec-WebSocket-Key / Sec-WebSocket-Version")
+    version = head[: head.find(b"\r\n")].rsplit(b" ", 1)[-1]
+    refusal = _upgrade_refusal(method, version, headers)
+    if refusal is not None:
+        return refusal
     origin = headers.get("origin")
     if origin is not None and origin not in (allowed_origins or ()):
         return Refusal(403, f"origin {origin[:100]!r} is not allowed")

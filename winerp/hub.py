@@ -463,6 +463,10 @@ class Hub:
                 self._refuse(connection, handshake.Refusal(400, "not an HTTP request (TLS to a hub without TLS?)"))
             return
         end = head.index(b"\r\n\r\n") + 4
+        if end > handshake.MAX_REQUEST_BYTES:
+            # Checked here too: a head that arrives whole in one read never meets the check above.
+            self._refuse(connection, handshake.Refusal(400, "request head too large"))
+            return
         if end != len(head):
             # A websocket client waits for the answer before it sends frames; anything else
             # (a request body, pipelining) gets a clear refusal.
@@ -495,11 +499,21 @@ class Hub:
 
     def _on_frames(self, connection: HubConnection, data: bytes) -> None:
         assert connection.reader is not None and connection.session is not None
+        reader = connection.reader
         try:
-            messages = connection.reader.feed(data)
+            messages = reader.feed(data)
         except FrameError as exc:
             self._terminate(connection, exc.code, exc.reason)
             return
+        self._on_messages(connection, messages)
+        # The messages that came before a bad frame are handled first (above), then the
+        # connection fails with the bad frame's close code.
+        failure = reader.failure
+        if failure is not None:
+            self._terminate(connection, failure.code, failure.reason)
+
+    def _on_messages(self, connection: HubConnection, messages: list[tuple[int, bytes]]) -> None:
+        assert connection.session is not None
         session = connection.session
         router = self._router
         for opcode, payload in messages:

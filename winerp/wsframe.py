@@ -4,16 +4,20 @@ Rules of this module: no I/O, no threads, no clock. The hub and the client both 
 messages here; the opening handshake stays with websocket-client (client side) and
 `winerp.handshake` (hub side).
 
-Masking is the hot spot of a pure-Python websocket: a big-int XOR costs about 150 µs per
-64 KiB. When the four bytes of a masking key are equal, masking is one ``bytes.translate``
-(C speed, no big-int conversions), so this module's clients pick such keys (a random byte,
-four times); keys of any other shape, e.g. from winerp 1.x clients, take the big-int path.
+Every frame a client sends is masked with a fresh, unpredictable 32-bit key drawn from the
+operating system's entropy source (RFC 6455, sections 5.3 and 10.3); keys are drawn 4 KiB
+at a time, so a frame costs no system call. Masking is the hot spot of a pure-Python
+websocket: it is one big-int XOR for small payloads and, from 16 KiB on, one per 8 KiB
+chunk, whose conversions stay in the CPU cache (``benchmarks/bench_mask.py`` has the
+figures). Keys of four equal bytes (as older winerp clients sent) take one
+``bytes.translate``.
 """
 
 from __future__ import annotations
 
-import random
+import os
 import struct
+from collections.abc import Iterator
 
 __all__ = [
     "OP_CONTINUATION",
@@ -22,6 +26,8 @@ __all__ = [
     "OP_CLOSE",
     "OP_PING",
     "OP_PONG",
+    "FRAGMENT_BYTES",
+    "MIN_FRAGMENTS",
     "FrameError",
     "FrameReader",
     "server_frame",
@@ -29,6 +35,7 @@ __all__ = [
     "client_frame",
     "close_payload",
     "parse_close",
+    "masking_key",
     "unmask",
 ]
 
@@ -44,10 +51,24 @@ CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_INVALID_DATA = 1007
 CLOSE_TOO_BIG = 1009
 
+#: A fragmented message may come in at most one fragment per this many bytes of the size
+#: limit (and at least `MIN_FRAGMENTS`): each fragment costs memory and work beyond its
+#: payload, so tiny or empty fragments must not make a message unbounded.
+FRAGMENT_BYTES = 64
+#: The fewest fragments a message may always use, whatever the size limit.
+MIN_FRAGMENTS = 16
+
 _LONGEST_CONTROL = 125
 _U16 = struct.Struct("!H")
 _U64 = struct.Struct("!Q")
 _XOR_TABLES: dict[int, bytes] = {}
+# From this size on, masking is a big-int XOR per _CHUNK bytes rather than one for the whole.
+_CHUNKED_FROM = 16 * 1024
+_CHUNK = 8 * 1024
+_KEY_BATCH = 4096
+# First bytes of a whole, final text or binary frame with no reserved bit: the usual frame.
+_PLAIN_DATA = (0x81, 0x82)
+_DATA_OR_CONTROL = frozenset((OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG))
 
 
 class FrameError(Exception):
@@ -66,14 +87,53 @@ def _xor_table(byte: int) -> bytes:
     return table
 
 
+def _fresh_keys() -> tuple[bytes, Iterator[int]]:
+    return os.urandom(_KEY_BATCH), iter(range(0, _KEY_BATCH, 4))
+
+
+# The batch and its offsets live in one tuple, replaced whole: threads that mask at once
+# each take a distinct offset (a range iterator hands each out once) of a consistent batch.
+_keys = _fresh_keys()
+
+
+def masking_key() -> bytes:
+    """A fresh 4-byte masking key from the operating system's entropy source."""
+    global _keys
+    batch, offsets = _keys
+    for offset in offsets:
+        return batch[offset : offset + 4]
+    batch, offsets = _keys = _fresh_keys()
+    offset = next(offsets)
+    return batch[offset : offset + 4]
+
+
 def unmask(payload: bytes, key: bytes) -> bytes:
     """XOR ``payload`` with the 4-byte masking ``key`` (masking and unmasking are the same)."""
-    if key[0] == key[1] == key[2] == key[3]:
-        return payload.translate(_xor_table(key[0])) if key[0] else payload
+    first = key[0]
+    if first == key[1] == key[2] == key[3]:
+        return payload.translate(_xor_table(first)) if first else payload
     size = len(payload)
+    if size >= _CHUNKED_FROM:
+        return _unmask_chunked(payload, key)
     whole, rest = divmod(size, 4)
     stream = int.from_bytes(key * whole + key[:rest], "little")
     return (int.from_bytes(payload, "little") ^ stream).to_bytes(size, "little")
+
+
+def _unmask_chunked(payload: bytes, key: bytes) -> bytes:
+    # One big-int XOR per 8 KiB: the conversions stay in the CPU cache, where one conversion
+    # of a whole large payload does not. A chunk is a multiple of 4 bytes, so the key lines up.
+    stream = int.from_bytes(key * (_CHUNK // 4), "little")
+    view = memoryview(payload)
+    size = len(payload)
+    whole = size - size % _CHUNK
+    parts = [
+        (int.from_bytes(view[start : start + _CHUNK], "little") ^ stream).to_bytes(_CHUNK, "little")
+        for start in range(0, whole, _CHUNK)
+    ]
+    if whole < size:
+        parts.append(unmask(bytes(view[whole:]), key))
+    return b"".join(parts)
 
 
 def _header(first: int, size: int, mask_bit: int) -> bytes:
@@ -95,13 +155,12 @@ def server_frame(opcode: int, payload: bytes) -> bytes:
 
 
 def client_frame(opcode: int, payload: bytes) -> bytes:
-    """One final, masked frame (client to hub), with a fresh key of four equal bytes."""
-    byte = random.getrandbits(8) or 1  # 0 would leave the payload as it is
+    """One final, masked frame (client to hub), with a fresh random key."""
+    key = masking_key()
     size = len(payload)
-    table = _XOR_TABLES.get(byte) or _xor_table(byte)
     if size < 126:
-        return bytes((0x80 | opcode, 0x80 | size, byte, byte, byte, byte)) + payload.translate(table)
-    return _header(0x80 | opcode, size, 0x80) + bytes((byte, byte, byte, byte)) + payload.translate(table)
+        return bytes((0x80 | opcode, 0x80 | size)) + key + unmask(payload, key)
+    return _header(0x80 | opcode, size, 0x80) + key + unmask(payload, key)
 
 
 def close_payload(code: int, reason: str) -> bytes:
@@ -131,6 +190,21 @@ def _check_close(payload: bytes) -> None:
         raise FrameError(CLOSE_INVALID_DATA, "close reason is not valid UTF-8") from None
 
 
+def _extended_length(data: bytes, position: int, code: int) -> int:
+    """The payload length announced in 16 or 64 bits after the 7-bit ``code`` 126 or 127."""
+    if code == 126:
+        size: int = _U16.unpack_from(data, position + 2)[0]
+        if size < 126:
+            raise FrameError(CLOSE_PROTOCOL_ERROR, f"a length of {size} must be sent in 7 bits")
+        return size
+    size = _U64.unpack_from(data, position + 2)[0]
+    if size >> 63:
+        raise FrameError(CLOSE_PROTOCOL_ERROR, "a 64-bit length must have its top bit clear")
+    if size < 65536:
+        raise FrameError(CLOSE_PROTOCOL_ERROR, f"a length of {size} must be sent in 7 or 16 bits")
+    return size
+
+
 class FrameReader:
     """Turns the bytes read from one connection into whole messages, in order.
 
@@ -138,16 +212,32 @@ class FrameReader:
     reassembled if they came in fragments, and control frames (`OP_CLOSE`, `OP_PING`,
     `OP_PONG`) as they come. Text payloads are returned as bytes, not yet decoded.
 
+    Each rule is checked as soon as the bytes it depends on are in: reserved bits, opcode,
+    mask bit and a control frame's length with the first two bytes of a frame, the length
+    against the limit with the extended length, before any payload is waited for.
+
+    When one read holds good frames and then a bad one, ``feed`` returns the messages of
+    the good frames and keeps the error in `failure`: the caller handles those messages,
+    then fails the connection with ``failure.code``. A read whose first frame is bad raises
+    at once. After an error, every later ``feed`` raises it again; after a close frame,
+    every later byte is ignored (nothing may follow a close frame).
+
     Args:
         masked: True at the hub (client frames must be masked), False at a client (hub
             frames must not be).
         max_size: Largest message accepted, in bytes; a bigger one raises `FrameError`
-            (1009) as soon as its header arrives.
+            (1009) as soon as its header arrives. A fragmented message may also come in at
+            most ``max(MIN_FRAGMENTS, max_size // FRAGMENT_BYTES)`` fragments (1009 too).
     """
 
     def __init__(self, *, masked: bool, max_size: int) -> None:
         self.masked = masked
         self.max_size = max_size
+        #: The framing error that ends this stream, once one was found.
+        self.failure: FrameError | None = None
+        #: True once a close frame was read: what follows it is ignored.
+        self.closed = False
+        self._done = False
         self._chunks: list[bytes] = []
         self._have = 0
         self._need = 0
@@ -159,8 +249,13 @@ class FrameReader:
         """Take the bytes just read; return the messages they complete.
 
         Raises:
-            FrameError: the stream breaks the framing rules or a message is too big.
+            FrameError: the stream breaks the framing rules or a message is too big, and
+                no message came before the bad frame in this read (else see `failure`).
         """
+        if self._done:
+            if self.failure is not None:
+                raise self.failure
+            return []
         if self._chunks:
             self._chunks.append(data)
             self._have += len(data)
@@ -168,87 +263,81 @@ class FrameReader:
                 return []
             data = b"".join(self._chunks)
             self._chunks = []
-        elif len(data) > 2 and data[0] == 0x82 and self._fragments is None:
+        elif len(data) >= 4 and data[0] == 0x82 and self._fragments is None:
             # The common case, taken in a few steps: exactly one whole, final, binary frame
-            # of under 64 KiB, masked as it must be.
+            # of under 64 KiB, masked as it must be (anything unusual takes the full path).
             second = data[1]
             size = second & 0x7F
-            head = 2 if size < 126 else 4
+            head = 2
             if size == 126:
                 size = _U16.unpack_from(data, 2)[0]
+                head = 4 if size >= 126 else -1  # a non-minimal length: the full path refuses it
+            elif size == 127:
+                head = -1  # 64-bit lengths take the full path
             if (
-                size != 127
+                head > 0
                 and size <= self.max_size
                 and (second >> 7) == self.masked
                 and len(data) == head + 4 * self.masked + size
             ):
                 if not self.masked:
                     return [(OP_BINARY, data[head:])]
-                byte = data[head]
-                if data[head + 1] == byte and data[head + 2] == byte and data[head + 3] == byte:
-                    table = _XOR_TABLES.get(byte) or _xor_table(byte)
-                    return [(OP_BINARY, data[head + 4 :].translate(table))]
                 return [(OP_BINARY, unmask(data[head + 4 :], data[head : head + 4]))]
         messages: list[tuple[int, bytes]] = []
+        try:
+            self._parse(data, messages)
+        except FrameError as exc:
+            self.failure = exc
+            self._done = True
+            self._chunks = []
+            self._fragments = None
+            if not messages:
+                raise
+        return messages
+
+    def _parse(self, data: bytes, messages: list[tuple[int, bytes]]) -> None:
         position = 0
         end = len(data)
         need = 0
+        masked = self.masked
+        mask_bit = 0x80 if masked else 0
         while end - position >= 2:
             first = data[position]
             second = data[position + 1]
+            if not (first in _PLAIN_DATA and second & 0x80 == mask_bit and self._fragments is None):
+                self._check_header(first, second)
+            opcode = first & 0x0F
             size = second & 0x7F
             head = 2
-            if size == 126:
-                head = 4
+            if size > 125:
+                head = 4 if size == 126 else 10
                 if end - position < head:
                     need = head
                     break
-                size = _U16.unpack_from(data, position + 2)[0]
-            elif size == 127:
-                head = 10
-                if end - position < head:
-                    need = head
-                    break
-                size = _U64.unpack_from(data, position + 2)[0]
-                if size >> 63:
-                    raise FrameError(CLOSE_PROTOCOL_ERROR, "a 64-bit length must have its top bit clear")
-            if size > self.max_size:
-                raise FrameError(CLOSE_TOO_BIG, f"message of {size} bytes is over the limit of {self.max_size}")
-            is_masked = second & 0x80
-            if bool(is_masked) != self.masked:
-                raise FrameError(
-                    CLOSE_PROTOCOL_ERROR, "client frames must be masked" if self.masked else "hub frames must not be"
-                )
-            if is_masked:
+                size = _extended_length(data, position, size)
+            if size > self.max_size or (opcode == OP_CONTINUATION and self._fragment_size + size > self.max_size):
+                raise FrameError(CLOSE_TOO_BIG, f"message over the limit of {self.max_size} bytes")
+            if masked:
                 head += 4
             total = head + size
             if end - position < total:
                 need = total
                 break
             payload = data[position + head : position + total]
-            if is_masked:
+            if masked:
                 payload = unmask(payload, data[position + head - 4 : position + head])
             position += total
-            if first & 0x70:
-                raise FrameError(CLOSE_PROTOCOL_ERROR, "reserved bits set (no extension was negotiated)")
-            opcode = first & 0x0F
-            final = first & 0x80
-            if opcode >= OP_CLOSE:
-                if opcode > OP_PONG:
-                    raise FrameError(CLOSE_PROTOCOL_ERROR, f"unknown opcode {opcode}")
-                if not final or size > _LONGEST_CONTROL:
-                    raise FrameError(CLOSE_PROTOCOL_ERROR, "control frames must be whole and at most 125 bytes")
+            if first & 0x80 and opcode <= OP_BINARY and opcode:
+                messages.append((opcode, payload))
+            elif opcode >= OP_CLOSE:
                 if opcode == OP_CLOSE:
                     _check_close(payload)
+                    messages.append((opcode, payload))
+                    self.closed = self._done = True
+                    return  # nothing may follow a close frame: the rest is ignored
                 messages.append((opcode, payload))
             elif opcode == OP_CONTINUATION:
-                self._continue(payload, final, messages)
-            elif opcode > OP_BINARY:
-                raise FrameError(CLOSE_PROTOCOL_ERROR, f"unknown opcode {opcode}")
-            elif self._fragments is not None:
-                raise FrameError(CLOSE_PROTOCOL_ERROR, "a new message began inside a fragmented one")
-            elif final:
-                messages.append((opcode, payload))
+                self._continue(payload, first & 0x80, messages)
             else:
                 self._fragments = [payload]
                 self._fragment_opcode = opcode
@@ -258,15 +347,34 @@ class FrameReader:
             self._chunks = [rest]
             self._have = len(rest)
             self._need = max(need, 2)
-        return messages
+
+    def _check_header(self, first: int, second: int) -> None:
+        """Check what the first two bytes of a frame decide; raise `FrameError` if they break a rule."""
+        if first & 0x70:
+            raise FrameError(CLOSE_PROTOCOL_ERROR, "reserved bits set (no extension was negotiated)")
+        opcode = first & 0x0F
+        if opcode not in _DATA_OR_CONTROL:
+            raise FrameError(CLOSE_PROTOCOL_ERROR, f"unknown opcode {opcode}")
+        if bool(second & 0x80) != self.masked:
+            raise FrameError(
+                CLOSE_PROTOCOL_ERROR, "client frames must be masked" if self.masked else "hub frames must not be"
+            )
+        if opcode >= OP_CLOSE:
+            if not first & 0x80 or (second & 0x7F) > _LONGEST_CONTROL:
+                raise FrameError(CLOSE_PROTOCOL_ERROR, "control frames must be whole and at most 125 bytes")
+        elif opcode != OP_CONTINUATION:
+            if self._fragments is not None:
+                raise FrameError(CLOSE_PROTOCOL_ERROR, "a new message began inside a fragmented one")
+        elif self._fragments is None:
+            raise FrameError(CLOSE_PROTOCOL_ERROR, "a continuation frame with no message to continue")
+        elif len(self._fragments) >= max(MIN_FRAGMENTS, self.max_size // FRAGMENT_BYTES):
+            raise FrameError(CLOSE_TOO_BIG, f"message in more than {len(self._fragments)} fragments")
 
     def _continue(self, payload: bytes, final: int, messages: list[tuple[int, bytes]]) -> None:
-        if self._fragments is None:
-            raise FrameError(CLOSE_PROTOCOL_ERROR, "a continuation frame with no message to continue")
+        assert self._fragments is not None  # checked with the frame's header
         self._fragment_size += len(payload)
-        if self._fragment_size > self.max_size:
-            raise FrameError(CLOSE_TOO_BIG, f"message over the limit of {self.max_size} bytes")
         self._fragments.append(payload)
         if final:
             messages.append((self._fragment_opcode, b"".join(self._fragments)))
             self._fragments = None
+            self._fragment_size = 0
