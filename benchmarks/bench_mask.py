@@ -9,7 +9,9 @@ big int per 8 KiB chunk. The script times, per size:
 
 - ``old random key``: the old big-int path with a key of four different bytes;
 - ``old equal-byte key``: the old translate path (what the old, predictable keys cost);
-- ``new random key``: `winerp.wsframe.unmask` with a key of four different bytes;
+- ``new random key``: `winerp.wsframe.unmask` with a key of four different bytes (compiled,
+  from the ``websockets`` C extension, when it is installed);
+- ``new pure Python``: `winerp.wsframe.python_unmask`, the path taken without it;
 - ``new client_frame``: a whole masked frame, key drawn from the batched urandom pool.
 
 The variants run alternately within each repeat, and the table gives medians over the
@@ -31,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from winerp.wsframe import OP_BINARY, client_frame, unmask
+from winerp.wsframe import OP_BINARY, client_frame, python_unmask, unmask
 
 SIZES = [16, 1024, 64 * 1024, 1024 * 1024]
 KEY = b"\x12\x9a\x5c\xe7"
@@ -62,6 +64,7 @@ def measure(size: int, repeats: int) -> dict[str, float]:
         "old random key": lambda: old_unmask(payload, KEY),
         "old equal-byte key": lambda: old_unmask(payload, b"\x5c\x5c\x5c\x5c"),
         "new random key": lambda: unmask(payload, KEY),
+        "new pure Python": lambda: python_unmask(payload, KEY),
         "new client_frame": lambda: client_frame(OP_BINARY, payload),
     }
     calls = max(3, min(20_000, 4_000_000 // max(size, 64)))

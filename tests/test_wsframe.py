@@ -23,6 +23,7 @@ from winerp.wsframe import (
     client_frame,
     close_payload,
     parse_close,
+    python_unmask,
     server_frame,
     unmask,
 )
@@ -62,6 +63,21 @@ def test_masking_is_its_own_inverse_for_any_key() -> None:
     for key in (b"\x00\x00\x00\x00", b"\x07\x07\x07\x07", b"\x01\x02\x03\x04"):
         assert unmask(unmask(data, key), key) == data
     assert unmask(b"\x00\x00\x00\x00\x00", b"\x01\x02\x03\x04") == b"\x01\x02\x03\x04\x01"
+
+
+@pytest.mark.parametrize("size", [0, 1, 3, 4, 5, 125, 8191, 16383, 16384, 16385, 24577, 70001])
+@pytest.mark.parametrize("key", [b"\x00\x00\x00\x00", b"\x5c\x5c\x5c\x5c", b"\x12\x9a\x5c\xe7"])
+def test_compiled_and_pure_masking_agree_with_the_rule(size: int, key: bytes) -> None:
+    """Both ways give byte i XOR key[i % 4] (RFC 6455 section 5.3), whatever the size."""
+    data = os.urandom(size)
+    expected = bytes(byte ^ key[i % 4] for i, byte in enumerate(data))
+    assert python_unmask(data, key) == expected
+    assert unmask(data, key) == expected
+
+
+def test_the_compiled_masking_is_in_use() -> None:
+    """websockets is a dependency for its C masking: losing it silently would cost ~40x."""
+    assert unmask is not python_unmask
 
 
 def test_fragments_are_reassembled_around_control_frames() -> None:

@@ -7,17 +7,19 @@ messages here; the opening handshake stays with websocket-client (client side) a
 Every frame a client sends is masked with a fresh, unpredictable 32-bit key drawn from the
 operating system's entropy source (RFC 6455, sections 5.3 and 10.3); keys are drawn 4 KiB
 at a time, so a frame costs no system call. Masking is the hot spot of a pure-Python
-websocket: it is one big-int XOR for small payloads and, from 16 KiB on, one per 8 KiB
-chunk, whose conversions stay in the CPU cache (``benchmarks/bench_mask.py`` has the
-figures). Keys of four equal bytes (as older winerp clients sent) take one
-``bytes.translate``.
+websocket, so it is done in compiled code when the ``websockets`` package's C extension is
+there (a dependency for this one function: about 40 times faster than pure Python at
+64 KiB). Without it, masking is one big-int XOR for small payloads and, from 16 KiB on, one
+per 8 KiB chunk, whose conversions stay in the CPU cache; keys of four equal bytes (as older
+winerp clients sent) take one ``bytes.translate``. ``benchmarks/bench_mask.py`` has the
+figures of each way.
 """
 
 from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 __all__ = [
     "OP_CONTINUATION",
@@ -37,6 +39,7 @@ __all__ = [
     "parse_close",
     "masking_key",
     "unmask",
+    "python_unmask",
 ]
 
 OP_CONTINUATION = 0x0
@@ -107,8 +110,8 @@ def masking_key() -> bytes:
     return batch[offset : offset + 4]
 
 
-def unmask(payload: bytes, key: bytes) -> bytes:
-    """XOR ``payload`` with the 4-byte masking ``key`` (masking and unmasking are the same)."""
+def python_unmask(payload: bytes, key: bytes) -> bytes:
+    """XOR ``payload`` with the 4-byte masking ``key`` in pure Python (see `unmask`)."""
     first = key[0]
     if first == key[1] == key[2] == key[3]:
         return payload.translate(_xor_table(first)) if first else payload
@@ -132,8 +135,21 @@ def _unmask_chunked(payload: bytes, key: bytes) -> bytes:
         for start in range(0, whole, _CHUNK)
     ]
     if whole < size:
-        parts.append(unmask(bytes(view[whole:]), key))
+        parts.append(python_unmask(bytes(view[whole:]), key))
     return b"".join(parts)
+
+
+def _compiled_unmask() -> Callable[[bytes, bytes], bytes] | None:
+    try:
+        from websockets.speedups import apply_mask
+    except ImportError:  # no wheel for this platform, or an interpreter without C extensions
+        return None
+    return apply_mask
+
+
+#: XOR ``payload`` with the 4-byte masking ``key`` (masking and unmasking are the same): in
+#: compiled code when the ``websockets`` C extension is importable, else `python_unmask`.
+unmask: Callable[[bytes, bytes], bytes] = _compiled_unmask() or python_unmask
 
 
 def _header(first: int, size: int, mask_bit: int) -> bytes:
