@@ -135,13 +135,13 @@ class Output:
 class Process:
     """A child process whose stdout and stderr are read as they come."""
 
-    def __init__(self, command: list[str], cwd: Path | None = None) -> None:
+    def __init__(self, command: list[str], cwd: Path | None = None, **variables: str) -> None:
         self.popen = subprocess.Popen(
             command,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=env(),
+            env={**env(), **variables},
             cwd=cwd,
         )
         self.stdout = Output(self.popen.stdout)
