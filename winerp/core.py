@@ -91,6 +91,8 @@ CLOSE_INTERNAL_ERROR = 1011
 _ATTEMPT_TIMEOUT = 10.0
 # Shortest: a last attempt made at a start deadline still gets to hear a refusal.
 _MIN_ATTEMPT = 0.05
+# `_Connection.lost` of a connection the hub did not register by the attempt's deadline.
+_NOT_REGISTERED = "no registration in time"
 # Frames queued behind a busy writer before further senders wait for it (back-pressure).
 _MAX_QUEUED_FRAMES = 1024
 _MSG_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
@@ -857,11 +859,11 @@ class ClientCore:
             return None, errors.HubUnreachable(f"connecting failed: {exc!r}")
         try:
             self._serve(connection, deadline)
-        finally:
-            self._drop(connection)
+        except Exception as exc:  # noqa: BLE001 - a bug: logged by _fail_internally; costs this connection only
+            self._fail_internally(connection, exc)
         if connection.welcomed:
             return connection, None
-        if connection.lost == "no registration in time":
+        if connection.lost == _NOT_REGISTERED:
             return connection, errors.RequestTimeout(
                 f"the hub at {self._address()} did not register client {self.name!r} in time"
             )
@@ -985,7 +987,7 @@ class ClientCore:
                 now = time.monotonic()
                 # `registering` spares a look at the connection on every turn once welcomed.
                 if registering and now >= deadline and not connection.welcomed:
-                    connection.lost = "no registration in time"
+                    connection.lost = _NOT_REGISTERED
                     break
                 if now >= next_beat:
                     registering = registering and not connection.welcomed
@@ -1021,7 +1023,8 @@ class ClientCore:
         logger.exception("client %r: unexpected error; closing the connection (1011)", self.name)
         connection.lost = f"unexpected error in the client: {exc!r}"
         if connection.alive:
-            self._send(connection, close_payload(CLOSE_INTERNAL_ERROR, "internal error in the client"), OP_CLOSE)
+            payload = close_payload(CLOSE_INTERNAL_ERROR, "internal error in the client")
+            self._send(connection, payload, OP_CLOSE, wait=True)  # written before the socket is shut
         self._drop(connection)
 
     def _stand_by(self, connection: _Connection, tick: float) -> None:
