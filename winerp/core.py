@@ -607,6 +607,7 @@ class ClientCore:
         self._forked = True
         self._connection = None
         self._state = ClientState.CLOSED
+        self._authorized = False
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self._closing = threading.Event()
