@@ -31,6 +31,7 @@ import ssl
 import threading
 import time
 import traceback
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
@@ -84,6 +85,14 @@ _EVENT_NAMES = frozenset(
 )
 CLOSE_GOING_AWAY = 1001
 CLOSE_PROTOCOL_ERROR = 1002
+CLOSE_INTERNAL_ERROR = 1011
+# Longest one connection attempt (TCP, TLS, the websocket handshake and the registration)
+# may take when `start` set no deadline; the hub gives a new connection as long.
+_ATTEMPT_TIMEOUT = 10.0
+# Shortest: a last attempt made at a start deadline still gets to hear a refusal.
+_MIN_ATTEMPT = 0.05
+# `_Connection.lost` of a connection the hub did not register by the attempt's deadline.
+_NOT_REGISTERED = "no registration in time"
 # Frames queued behind a busy writer before further senders wait for it (back-pressure).
 _MAX_QUEUED_FRAMES = 1024
 _MSG_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
@@ -273,6 +282,80 @@ def _resolve(future: concurrent.futures.Future[Any], value: Any = None, error: B
     return True
 
 
+def _attempt_deadline(start_deadline: float | None) -> float:
+    """When one connection attempt must be over: by ``start``'s deadline, if it has one."""
+    now = time.monotonic()
+    if start_deadline is None:
+        return now + _ATTEMPT_TIMEOUT
+    return max(now + _MIN_ATTEMPT, min(start_deadline, now + _ATTEMPT_TIMEOUT))
+
+
+def _shut(sock: socket.socket) -> None:
+    """Shut ``sock`` down both ways, waking any thread blocked on it; never raises.
+
+    The plain socket's method even for a TLS socket: `ssl.SSLSocket.shutdown` also drops
+    its TLS state, under the feet of a thread still in the handshake.
+    """
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+class _Watchdog:
+    """Shuts a connecting socket down when the attempt's deadline passes.
+
+    A socket timeout bounds each read, not the whole opening: a server that answers one
+    byte at a time would keep an attempt going for ever. Shutting the socket down from
+    this timer's thread wakes the blocked read at once, whatever stage it is in.
+    """
+
+    def __init__(self, deadline: float, name: str, sock: socket.socket) -> None:
+        self._lock = threading.Lock()
+        self._sock = sock
+        self._over = False
+        self.fired = False
+        self._timer = threading.Timer(max(0.0, deadline - time.monotonic()), self._fire)
+        self._timer.name = name
+        self._timer.daemon = True
+        self._timer.start()
+
+    def watch(self, sock: socket.socket) -> None:
+        """Watch ``sock`` from now on (the TLS socket that took over the plain one)."""
+        with self._lock:
+            self._sock = sock
+            if self.fired:
+                _shut(sock)
+
+    def _fire(self) -> None:
+        with self._lock:
+            if not self._over:
+                self.fired = True
+                _shut(self._sock)
+
+    def stop(self) -> bool:
+        """Stand down; True if the deadline had passed (the socket was shut down)."""
+        with self._lock:
+            self._over = True
+        self._timer.cancel()
+        self._timer.join()  # ends at once once cancelled: no thread outlives the attempt
+        return self.fired
+
+
+# Every client core of this process, so that a forked child can disown them all.
+_cores: weakref.WeakSet[ClientCore] = weakref.WeakSet()
+
+
+def _disown_after_fork() -> None:
+    """In a forked child: mark every client of the parent as the parent's (see `ClientCore.forked`)."""
+    for core in list(_cores):
+        core._forget_parent()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_disown_after_fork)
+
+
 class _Connection:
     """One live websocket and what belongs to it alone."""
 
@@ -292,6 +375,10 @@ class _Connection:
         # Set once the Hello is on its way: routes added after that go as AddRoutes.
         self.hello_sent = False
         self.was_ready = False
+        # Set once the hub answered the Hello (ready or on hold).
+        self.welcomed = False
+        # Why the connection ended, for the log, when no close frame says it.
+        self.lost = ""
         # The right to read the socket: the connection's own thread, or a guest (an event
         # loop that reads it so that what its callers wait for needs no hand-off between
         # threads; see Host.lend_reader).
@@ -368,6 +455,12 @@ class ClientCore:
         # One request-id counter for every connection of this client: `_pending` is keyed
         # by id across reconnects, so an id must never come back (see ClientProtocol).
         self._request_ids = itertools.count(1)
+        # The error that made this client give up for good (start's deadline, a refused
+        # token, a drop with reconnect off, close()); wait_until_ready raises it at once.
+        self._given_up: errors.WinerpError | None = None
+        self._forked = False
+        self._was_ever_ready = False
+        _cores.add(self)
 
     # state
 
@@ -391,28 +484,60 @@ class ClientCore:
         """True once `start` was called (and until `close`)."""
         return self._thread is not None and not self._closing.is_set()
 
+    @property
+    def forked(self) -> bool:
+        """True in a forked child process: the client belongs to the parent and refuses every call."""
+        return self._forked
+
     def wait_until_ready(self, timeout: float | None) -> bool:
-        """Block until ready; return False on timeout. For the sync facade."""
-        return self._ready.wait(timeout)
+        """Block until ready; return False on timeout. For the sync facade.
+
+        Raises:
+            WinerpError: the client gave up (the error that ended it), at once.
+        """
+        if self._ready.is_set():
+            return True
+        future = self.ready_future()
+        try:
+            future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            # RequestTimeout is a TimeoutError too: it may be the error the client gave up with.
+            if not future.done():
+                future.cancel()
+                return False
+            raise
+        return True
 
     def ready_future(self) -> concurrent.futures.Future[None]:
-        """A future that ends when the client is next ready (at once if it is now)."""
+        """A future that ends when the client is next ready (at once if it is now).
+
+        It ends with the error that made the client give up, at once if it has; a client
+        not started yet is waited for (``create_task(start())`` then ``wait_until_ready()``).
+        """
         future: concurrent.futures.Future[None] = concurrent.futures.Future()
+        if self._forked:
+            future.set_exception(self._fork_error())
+            return future
         with self._lock:
             if self._ready.is_set():
                 future.set_result(None)
+            elif self._given_up is not None:
+                future.set_exception(self._given_up)
             else:
                 self._ready_waiters.append(future)
         return future
 
     # lifecycle
 
-    def start(self, timeout: float) -> concurrent.futures.Future[None]:
+    def start(self, timeout: float | None) -> concurrent.futures.Future[None]:
         """Start connecting; the future ends once ready (or on hold), or with the error.
 
-        The future always ends within ``timeout``: with `HubUnreachable` (refused),
-        `UnauthorizedError` (never retried), or `RequestTimeout` (no answer in time).
+        With a ``timeout``, the future ends within it: with `HubUnreachable` (refused),
+        `UnauthorizedError` (never retried), or `RequestTimeout` (no answer in time), and the
+        client gives up. With None and reconnect on, attempts go on until the hub answers.
         """
+        if self._forked:
+            raise self._fork_error()
         with self._lock:
             if self._closing.is_set():
                 raise errors.ClientNotReadyError("this client was closed; make a new one")
@@ -420,15 +545,26 @@ class ClientCore:
                 assert self._start_future is not None
                 return self._start_future
             self._start_future = concurrent.futures.Future()
+            deadline = None if timeout is None else time.monotonic() + timeout
             self._thread = threading.Thread(
-                target=self._run, args=(time.monotonic() + timeout,), name=f"winerp-reader-{self.name}", daemon=True
+                target=self._run, args=(deadline,), name=f"winerp-reader-{self.name}", daemon=True
             )
             self._thread.start()
             return self._start_future
 
     def close(self) -> None:
-        """Leave the hub; calls in flight fail with `ConnectionLost`. Idempotent."""
+        """Leave the hub; calls in flight fail with `ConnectionLost`. Idempotent.
+
+        In a forked child it only marks the client closed: the connection is the parent's.
+        """
         self._closing.set()
+        closed = errors.ClientNotReadyError(f"client {self.name!r} was closed")
+        if self._forked:
+            self._given_up = closed
+            return
+        with self._lock:
+            if self._given_up is None:
+                self._given_up = closed
         connection = self._connection
         if connection is not None:
             # _send never raises on a broken socket: it drops the connection instead.
@@ -440,10 +576,43 @@ class ClientCore:
         if self._start_future is not None:
             _resolve(self._start_future, error=errors.ClientNotReadyError("the client was closed while starting"))
         self._fail_pending(errors.ConnectionLost("the client was closed"))
+        self._give_up(closed)
+
+    def _give_up(self, error: errors.WinerpError) -> None:
+        """The client is done for good: whoever waits for it to be ready gets ``error`` (or the earlier one)."""
         with self._lock:
+            if self._given_up is None:
+                self._given_up = error
+            error = self._given_up
             waiters, self._ready_waiters = self._ready_waiters, []
+        if self._start_future is not None:
+            _resolve(self._start_future, error=error)
         for waiter in waiters:
-            _resolve(waiter, error=errors.ClientNotReadyError("the client was closed"))
+            _resolve(waiter, error=error)
+
+    def _fork_error(self) -> errors.ClientNotReadyError:
+        return errors.ClientNotReadyError(
+            f"client {self.name!r} belongs to the process that started it, not to this forked child "
+            f"(e.g. a gunicorn worker under --preload, or multiprocessing with fork): "
+            f"start a client in each worker"
+        )
+
+    def _forget_parent(self) -> None:
+        """Called in a forked child (see `_disown_after_fork`): disown the parent's connection.
+
+        Nothing is written to or shut on the inherited socket, which the parent still uses;
+        every call raises at once. The locks are made anew: a thread of the parent may have
+        held one at the fork, and that thread does not exist here to release it.
+        """
+        self._forked = True
+        self._connection = None
+        self._state = ClientState.CLOSED
+        self._authorized = False
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._closing = threading.Event()
+        self._ready_waiters = []
+        self._pending = {}
 
     # routes and events
 
@@ -552,6 +721,8 @@ class ClientCore:
     def _live(self) -> _Connection:
         connection = self._connection
         if connection is None or self._state is not ClientState.READY:
+            if self._forked:
+                raise self._fork_error()
             if self._state is ClientState.HELD:
                 raise errors.ClientNotReadyError(f"client {self.name!r} is on hold: another client holds the name")
             raise errors.ClientNotReadyError(f"client {self.name!r} is not ready (not started, or disconnected)")
@@ -625,83 +796,132 @@ class ClientCore:
 
     # the reader thread
 
-    def _run(self, start_deadline: float) -> None:
+    def _run(self, start_deadline: float | None) -> None:
+        """The reader thread: connect, serve, reconnect per the policy, until the client gives up.
+
+        Whatever happens, it ends by telling every waiter why (`_give_up`): no thread of a
+        client ends silently.
+        """
+        try:
+            error = self._keep_connected(start_deadline)
+        except Exception as exc:  # a bug: logged with its traceback, and the client gives up visibly
+            logger.exception("client %r: the reader thread failed", self.name)
+            error = errors.ConnectionLost(f"the client failed: {exc!r}")
+        self._state = ClientState.CLOSED
+        self._give_up(error)
+
+    def _keep_connected(self, start_deadline: float | None) -> errors.WinerpError:
+        """Connection attempts one after another, per the policy; return the error that ends them."""
         start_future = self._start_future
         assert start_future is not None
         while not self._closing.is_set():
-            try:
-                connection = self._connect(start_deadline if not start_future.done() else None)
-            except errors.UnauthorizedError as exc:
-                _resolve(start_future, error=exc)
-                logger.error("the hub refused client %r: %s", self.name, exc)
-                self._closing.set()
+            starting = not start_future.done()
+            deadline = _attempt_deadline(start_deadline if starting else None)
+            connection, failure = self._attempt(deadline)
+            if self._closing.is_set():
                 break
-            except (errors.HubUnreachable, errors.RequestTimeout, errors.ProtocolError) as exc:
-                if not start_future.done():
-                    if not self.reconnect or time.monotonic() >= start_deadline:
-                        _resolve(start_future, error=exc)
-                        break
-                elif not self.reconnect:
-                    break
-                logger.debug("connecting failed: %s", exc)
-                self._pause(self.backoff.next_delay(), start_deadline if not start_future.done() else None)
-                continue
-            self._serve(connection, start_future, start_deadline)
-            if start_future.done() and not start_future.cancelled() and start_future.exception() is not None:
-                break  # start() failed (e.g. no welcome in time): the client gives up, as start() said
-            if not start_future.done():
-                # The hub closed the connection before it welcomed this client. A protocol
-                # error would only repeat; otherwise retry until the start deadline.
-                refused = connection.close_code == CLOSE_PROTOCOL_ERROR
-                if refused or not self.reconnect or time.monotonic() >= start_deadline:
-                    why = f": {connection.close_code} {connection.close_reason}" if connection.close_code else ""
-                    error = (errors.ProtocolError if refused else errors.ConnectionLost)(
-                        f"the hub closed the connection before this client was ready{why}"
-                    )
-                    _resolve(start_future, error=error)
-                    break
-            if not self.reconnect or self._closing.is_set():
-                break
-            delay = 0.05 if connection.close_code == CLOSE_GOING_AWAY else self.backoff.next_delay()
-            self._pause(delay, None)
-        self._state = ClientState.CLOSED
-        _resolve(start_future, error=errors.ConnectionLost("the connection ended before it was ready"))
+            if connection is not None and connection.welcomed:
+                self._log_lost(connection)
+                if not self.reconnect:
+                    return errors.ConnectionLost("the connection to the hub dropped (reconnect is off)")
+                delay = 0.05 if connection.close_code == CLOSE_GOING_AWAY else self.backoff.next_delay()
+                logger.info("client %r: reconnecting in %.1f s", self.name, delay)
+            else:
+                assert failure is not None
+                if self._gives_up(failure, starting, start_deadline):
+                    logger.info("client %r: gave up connecting to %s: %s", self.name, self._address(), failure)
+                    return failure
+                delay = self.backoff.next_delay()
+                logger.warning(
+                    "client %r: cannot connect to the hub at %s: %s; next attempt in %.1f s",
+                    self.name,
+                    self._address(),
+                    failure,
+                    delay,
+                )
+            self._pause(delay, start_deadline if not start_future.done() else None)
+        return errors.ClientNotReadyError(f"client {self.name!r} was closed")
+
+    def _gives_up(self, failure: errors.WinerpError, starting: bool, start_deadline: float | None) -> bool:
+        """After a failed attempt: True when the client stops trying."""
+        if isinstance(failure, errors.UnauthorizedError):
+            logger.error("the hub refused client %r: %s", self.name, failure)
+            return True  # a wrong token stays wrong
+        if isinstance(failure, errors.ProtocolError) or not self.reconnect:
+            return True  # a protocol error would only repeat
+        return starting and start_deadline is not None and time.monotonic() >= start_deadline
+
+    def _attempt(self, deadline: float) -> tuple[_Connection | None, errors.WinerpError | None]:
+        """One connection: open it, register, serve it until it drops.
+
+        Returns the connection (None if none opened) and, unless the hub welcomed this
+        client on it, why not.
+        """
+        try:
+            connection = self._connect(deadline)
+        except (errors.HubUnreachable, errors.RequestTimeout, errors.ProtocolError, errors.UnauthorizedError) as exc:
+            return None, exc
+        except Exception as exc:  # a bug: logged with its traceback, then retried as any failed attempt
+            logger.exception("client %r: connecting failed unexpectedly", self.name)
+            return None, errors.HubUnreachable(f"connecting failed: {exc!r}")
+        try:
+            self._serve(connection, deadline)
+        except Exception as exc:  # noqa: BLE001 - a bug: logged by _fail_internally; costs this connection only
+            self._fail_internally(connection, exc)
+        if connection.welcomed:
+            return connection, None
+        if connection.lost == _NOT_REGISTERED:
+            return connection, errors.RequestTimeout(
+                f"the hub at {self._address()} did not register client {self.name!r} in time"
+            )
+        why = f": {connection.close_code} {connection.close_reason}" if connection.close_code else ""
+        refused = connection.close_code == CLOSE_PROTOCOL_ERROR
+        return connection, (errors.ProtocolError if refused else errors.ConnectionLost)(
+            f"the hub closed the connection before this client was ready{why}"
+        )
+
+    def _log_lost(self, connection: _Connection) -> None:
+        if connection.close_code is not None:
+            why = f"closed by the hub: {connection.close_code} {connection.close_reason}".rstrip()
+        else:
+            why = connection.lost or "the connection dropped"
+        logger.warning("client %r: lost the connection to the hub at %s (%s)", self.name, self._address(), why)
+
+    def _address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
     def _pause(self, delay: float, deadline: float | None) -> None:
         if deadline is not None:
             delay = max(0.0, min(delay, deadline - time.monotonic()))
         self._closing.wait(delay)
 
-    def _connect(self, deadline: float | None) -> _Connection:
-        timeout = 5.0 if deadline is None else max(0.05, min(5.0, deadline - time.monotonic()))
-        scheme = "wss" if self.ssl_context is not None else "ws"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        header = {TOKEN_HEADER: self.token} if self.token else {}
-        options: dict[str, Any] = {}
-        if self.ssl_context is not None:
-            options["sslopt"] = {"context": self.ssl_context}
+    def _connect(self, deadline: float) -> _Connection:
+        """Open a connection: TCP, TLS and the websocket handshake, all over by ``deadline``.
+
+        Raises:
+            HubUnreachable: refused, unreachable, or the handshake failed.
+            UnauthorizedError: the hub refused the token.
+            RequestTimeout: not done by ``deadline``.
+            ProtocolError: the server does not speak winerp.
+        """
+        remaining = max(_MIN_ATTEMPT, deadline - time.monotonic())
         try:
-            ws = websocket.create_connection(
-                f"{scheme}://{host}:{self.port}/",
-                timeout=timeout,
-                subprotocols=[SUBPROTOCOL],
-                header=header,
-                enable_multithread=True,
-                skip_utf8_validation=True,
-                suppress_origin=True,
-                **options,
-            )
-        except websocket.WebSocketBadStatusException as exc:
-            if exc.status_code == 401:
-                raise errors.UnauthorizedError("the hub refused the token") from None
-            raise errors.HubUnreachable(f"the hub refused the handshake: {exc}") from None
-        except (socket.timeout, websocket.WebSocketTimeoutException):
-            raise errors.RequestTimeout(f"no answer from {self.host}:{self.port} within {timeout:.1f} s") from None
-        except (OSError, websocket.WebSocketException) as exc:
-            raise errors.HubUnreachable(f"cannot connect to {self.host}:{self.port}: {exc}") from None
+            sock = socket.create_connection((self.host, self.port), timeout=remaining)
+        except socket.timeout:
+            raise errors.RequestTimeout(f"no answer from {self._address()} within {remaining:.1f} s") from None
+        except OSError as exc:
+            raise errors.HubUnreachable(f"cannot connect to {self._address()}: {exc}") from None
+        watchdog = _Watchdog(deadline, f"winerp-deadline-{self.name}", sock)
+        try:
+            ws = self._upgrade(sock, deadline, watchdog)
+        finally:
+            late = watchdog.stop()
+        if late:  # the deadline passed just as the handshake ended
+            ws.shutdown()  # type: ignore[no-untyped-call]
+            raise errors.RequestTimeout(f"no answer from {self._address()} within {remaining:.1f} s")
         if ws.getsubprotocol() != SUBPROTOCOL:
             ws.close()
-            raise errors.ProtocolError(f"the server at {self.host}:{self.port} does not speak {SUBPROTOCOL}")
+            raise errors.ProtocolError(f"the server at {self._address()} does not speak {SUBPROTOCOL}")
         # A blocking socket: with a timeout, Python polls before every send and recv (two
         # system calls more per message). Reads come after select(), and a stuck write is
         # ended by the heartbeat, which shuts the socket down when the hub goes silent.
@@ -709,14 +929,47 @@ class ClientCore:
         protocol = ClientProtocol(self.name, self.max_message_size, time.monotonic(), self._request_ids)
         return _Connection(ws, protocol)
 
-    def _serve(
-        self, connection: _Connection, start_future: concurrent.futures.Future[None], start_deadline: float
-    ) -> None:
+    def _upgrade(self, sock: socket.socket, deadline: float, watchdog: _Watchdog) -> websocket.WebSocket:
+        """TLS (if asked) and the websocket handshake on the connected ``sock``; closes it on failure."""
+        scheme = "wss" if self.ssl_context is not None else "ws"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        header = {TOKEN_HEADER: self.token} if self.token else {}
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            if self.ssl_context is not None:
+                sock = self.ssl_context.wrap_socket(sock, server_hostname=self.host, do_handshake_on_connect=False)
+                watchdog.watch(sock)
+                sock.do_handshake()
+            return websocket.create_connection(
+                f"{scheme}://{host}:{self.port}/",
+                timeout=max(_MIN_ATTEMPT, deadline - time.monotonic()),
+                socket=sock,
+                subprotocols=[SUBPROTOCOL],
+                header=header,
+                enable_multithread=True,
+                skip_utf8_validation=True,
+                suppress_origin=True,
+            )
+        except (OSError, ValueError, websocket.WebSocketException) as exc:
+            sock.close()
+            raise self._opening_error(exc, watchdog.fired) from None
+
+    def _opening_error(self, exc: BaseException, late: bool) -> errors.WinerpError:
+        """The error a failed opening handshake gives `start`."""
+        if late or isinstance(exc, (socket.timeout, websocket.WebSocketTimeoutException)):
+            return errors.RequestTimeout(f"no answer from {self._address()} in time (opening handshake)")
+        if isinstance(exc, websocket.WebSocketBadStatusException):
+            if exc.status_code == 401:
+                return errors.UnauthorizedError("the hub refused the token")
+            return errors.HubUnreachable(f"the hub refused the handshake: {exc}")
+        return errors.HubUnreachable(f"cannot connect to {self._address()}: {exc}")
+
+    def _serve(self, connection: _Connection, deadline: float) -> None:
         """Register on ``connection`` and read it until it drops.
 
-        Until the client is first welcomed, ``start_deadline`` bounds the wait: a hub that
-        accepts the websocket but never answers the registration ends `start` with
-        `RequestTimeout` within its timeout.
+        Until the hub welcomes this client, ``deadline`` bounds the wait: a hub that accepts
+        the websocket but never answers the registration ends the attempt in time.
         """
         self._connection = connection
         protocol = connection.protocol
@@ -735,21 +988,16 @@ class ClientCore:
         tls = isinstance(sock, ssl.SSLSocket)
         tick = protocol.heartbeat / 4
         next_beat = 0.0
-        starting = not start_future.done()
+        registering = True
         try:
             while connection.alive:
                 now = time.monotonic()
-                # `starting` spares a look at the future's lock on every turn once started.
-                if starting and now >= start_deadline and not start_future.done():
-                    _resolve(
-                        start_future,
-                        error=errors.RequestTimeout(
-                            f"the hub at {self.host}:{self.port} did not register client {self.name!r} in time"
-                        ),
-                    )
+                # `registering` spares a look at the connection on every turn once welcomed.
+                if registering and now >= deadline and not connection.welcomed:
+                    connection.lost = _NOT_REGISTERED
                     break
                 if now >= next_beat:
-                    starting = starting and not start_future.done()
+                    registering = registering and not connection.welcomed
                     if connection.guest is not None and _readable(sock, 0, tls):
                         protocol.heard(now)  # the hub spoke; the guest has yet to read it
                     beat = protocol.heartbeat_due(now)
@@ -761,15 +1009,30 @@ class ClientCore:
                 elif _readable(sock, tick, tls):
                     self._read_available(connection)
         except errors.ConnectionLost as exc:  # the heartbeat found the hub silent
-            logger.warning("client %r: %s; dropping the connection", self.name, exc)
+            connection.lost = str(exc)
         except (OSError, ValueError) as exc:  # select() on a socket close() shut
             self._log_read_error(connection, exc)
+        except Exception as exc:  # noqa: BLE001 - a bug: logged by _fail_internally; costs this connection only
+            self._fail_internally(connection, exc)
         finally:
             self._drop(connection)
             if self._authorized or connection.was_ready:
                 self.emit("on_winerp_disconnect")
                 self.backoff.reset()
             self._authorized = False
+
+    def _fail_internally(self, connection: _Connection, exc: Exception) -> None:
+        """An unexpected error (a bug) while serving ``connection``: log it, close with 1011, drop it.
+
+        Call from the ``except`` block, so the log has the traceback. The reader thread
+        then reconnects as after any drop, per the client's policy.
+        """
+        logger.exception("client %r: unexpected error; closing the connection (1011)", self.name)
+        connection.lost = f"unexpected error in the client: {exc!r}"
+        if connection.alive:
+            payload = close_payload(CLOSE_INTERNAL_ERROR, "internal error in the client")
+            self._send(connection, payload, OP_CLOSE, wait=True)  # written before the socket is shut
+        self._drop(connection)
 
     def _stand_by(self, connection: _Connection, tick: float) -> None:
         """While a guest reads: wait, and read in its place what it leaves unread.
@@ -794,7 +1057,10 @@ class ClientCore:
         """Let the facade read ``connection`` (on its event loop) if it offers to."""
 
         def read() -> bool:
-            self._read_available(connection)
+            try:
+                self._read_available(connection)
+            except Exception as exc:  # noqa: BLE001 - a bug: logged by _fail_internally; the loop reads on
+                self._fail_internally(connection, exc)
             return connection.alive
 
         guest = self._hooks.lend_reader(connection.sock.fileno(), read)
@@ -928,6 +1194,7 @@ class ClientCore:
     ) -> bool:
         first = not self._authorized
         self._authorized = True
+        connection.welcomed = True
         self._state = connection.protocol.state
         if first:
             self.emit("on_winerp_connect")
@@ -941,6 +1208,11 @@ class ClientCore:
         for waiter in waiters:
             _resolve(waiter)
         _resolve(start_future)
+        again = self._was_ever_ready
+        self._was_ever_ready = True
+        logger.info(
+            "client %r: %s the hub at %s", self.name, "reconnected to" if again else "connected to", self._address()
+        )
         self.emit("on_winerp_ready")
         return True
 

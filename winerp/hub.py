@@ -75,6 +75,20 @@ _CLOSING_GRACE = 2.0
 _CLOSING_LIMIT = 10.0
 
 
+def _address(peer: Any) -> str:
+    """``host:port`` of an accepted peer (``[host]:port`` for IPv6), for the log."""
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host, port = peer[0], peer[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(peer)
+
+
+def _note(connection: HubConnection, why: str) -> None:
+    """Record why ``connection`` ends, unless an earlier reason is known."""
+    if not connection.why:
+        connection.why = why
+
+
 class _Stage(enum.Enum):
     TLS = "tls"  # TLS handshake in progress
     HTTP = "http"  # reading the HTTP upgrade request
@@ -90,6 +104,7 @@ class HubConnection:
     """
 
     __slots__ = (
+        "address",
         "closing_since",
         "connected_at",
         "dirty",
@@ -106,13 +121,18 @@ class HubConnection:
         "stage",
         "unsent",
         "watching_writes",
+        "why",
         "writing",
     )
 
-    def __init__(self, hub: Hub, sock: socket.socket, number: int, now: float, tls: bool) -> None:
+    def __init__(self, hub: Hub, sock: socket.socket, number: int, now: float, tls: bool, address: str = "") -> None:
         self.hub = hub
         self.sock = sock
         self.number = number
+        #: The peer's address, ``host:port``, for the log.
+        self.address = address
+        #: Why the connection ended (the first reason known), for the log.
+        self.why = ""
         self.stage = _Stage.TLS if tls else _Stage.HTTP
         self.native = True
         self.head = b""
@@ -327,26 +347,29 @@ class Hub:
         next_sweep = time.monotonic() + sweep_every
         try:
             while not self._stopping:
-                ready = poll(max(0.0, next_sweep - time.monotonic()))
-                now = time.monotonic()
-                for fd, events in ready:
-                    connection = by_fd.get(fd)
-                    if connection is not None:
-                        self._on_event(connection, events, now)
-                    elif fd == listener:
-                        self._accept(now)
-                    else:
-                        self._drain_waker()  # or a stale event of a connection gone meanwhile
-                if self._dirty:
-                    self._flush_all()
-                if now >= next_sweep:
-                    self._sweep(now)
-                    self._flush_all()
-                    next_sweep = now + sweep_every
+                try:
+                    ready = poll(max(0.0, next_sweep - time.monotonic()))
+                    now = time.monotonic()
+                    for fd, events in ready:
+                        connection = by_fd.get(fd)
+                        if connection is not None:
+                            self._on_event(connection, events, now)
+                        elif fd == listener:
+                            self._accept(now)
+                        else:
+                            self._drain_waker()  # or a stale event of a connection gone meanwhile
+                    if self._dirty:
+                        self._flush_all()
+                    if now >= next_sweep:
+                        self._sweep(now)
+                        self._flush_all()
+                        next_sweep = now + sweep_every
+                except Exception:
+                    # The last net: errors of one connection are caught where they happen and
+                    # cost that connection alone. Whatever gets here must not stop the hub.
+                    logger.exception("the hub loop hit an unexpected error; it serves on")
+                    self._stopped.wait(0.05)  # never a hot loop of failures
             self._shut_down()
-        except Exception:  # pragma: no cover - a bug here would silently stop the hub
-            logger.exception("the hub loop failed")
-            raise
         finally:
             self._close_everything()
 
@@ -359,11 +382,40 @@ class Hub:
                 self._on_writable(connection)
             if events & ~OUT and connection.stage is not _Stage.CLOSED:
                 self._on_readable(connection, now)
-        except Exception:
-            # A bug must cost one connection, not the hub.
-            logger.exception("connection %s failed", connection.number)
+        except Exception:  # noqa: BLE001 - a bug: logged by _fail; it costs this connection, not the hub
+            self._fail(connection)
+
+    def _fail(self, connection: HubConnection) -> None:
+        """An unexpected error (a bug) while handling ``connection``: log it, close it with 1011.
+
+        Call from the ``except`` block, so the log has the traceback. Never raises: if even
+        the clean-up fails, the connection is torn out of the loop by force.
+        """
+        logger.exception("connection %s (%s) failed", connection.number, connection.name or connection.address)
+        _note(connection, "internal error in the hub")
+        try:
             self._try_final(connection, CLOSE_INTERNAL_ERROR, "internal error in the hub")
             self._discard(connection)
+        except Exception:
+            logger.exception("connection %s: clean-up failed; removing it by force", connection.number)
+            self._tear_out(connection)
+
+    def _tear_out(self, connection: HubConnection) -> None:
+        connection.stage = _Stage.CLOSED
+        self._connections.discard(connection)
+        self._handshakes.discard(connection)
+        fd = connection.sock.fileno()
+        if self._by_fd.get(fd) is connection:
+            del self._by_fd[fd]
+        try:
+            if self._poller is not None:
+                self._poller.unregister(connection.sock)
+        except Exception:  # noqa: BLE001 - the socket is closed next, which the poller forgets too
+            pass
+        try:
+            connection.sock.close()
+        except OSError:
+            pass
 
     def _drain_waker(self) -> None:
         assert self._waker is not None
@@ -377,7 +429,7 @@ class Hub:
         assert self._listener is not None and self._poller is not None
         while True:
             try:
-                sock, _address = self._listener.accept()
+                sock, peer = self._listener.accept()
             except BlockingIOError:
                 return
             except OSError as exc:
@@ -393,13 +445,18 @@ class Hub:
                 logger.debug("could not set up an accepted socket: %s", exc)
                 sock.close()
                 continue
-            connection = HubConnection(self, sock, next(self._numbers), now, tls=self.ssl_context is not None)
+            connection = HubConnection(
+                self, sock, next(self._numbers), now, tls=self.ssl_context is not None, address=_address(peer)
+            )
             self._connections.add(connection)
             self._handshakes.add(connection)
-            self._poller.register(sock)
-            self._by_fd[sock.fileno()] = connection
-            if connection.stage is _Stage.TLS:
-                self._tls_handshake(connection)
+            try:
+                self._poller.register(sock)
+                self._by_fd[sock.fileno()] = connection
+                if connection.stage is _Stage.TLS:
+                    self._tls_handshake(connection)
+            except Exception:  # noqa: BLE001 - a bug: logged by _fail; it costs this connection only
+                self._fail(connection)
 
     # reading
 
@@ -415,9 +472,11 @@ class Hub:
                 return
             except OSError as exc:
                 logger.debug("connection %s: read failed: %s", connection.number, exc)
+                _note(connection, f"connection lost: {exc}")
                 self._discard(connection)
                 return
             if not size:
+                _note(connection, "connection lost (closed without a close frame)")
                 self._discard(connection)
                 return
             data = self._view[:size].tobytes()
@@ -516,6 +575,7 @@ class Hub:
         assert connection.session is not None
         session = connection.session
         router = self._router
+        registering = session.state is SessionState.NEW
         for opcode, payload in messages:
             if connection.stage is not _Stage.OPEN:
                 return
@@ -538,17 +598,26 @@ class Hub:
                     logger.exception("routing a message from connection %s failed", connection.number)
                     self._terminate(connection, CLOSE_INTERNAL_ERROR, "internal error in the hub")
                     return
+                if registering and session.state is not SessionState.NEW:
+                    registering = False
+                    self._log_join(connection, session)
                 for destination, routed in out:
                     self._queue_message(destination.transport, routed)
             elif opcode == OP_PING:
                 self._queue(connection, server_frame(OP_PONG, payload))
             elif opcode == OP_CLOSE:
-                code, _reason = parse_close(payload)
+                code, reason = parse_close(payload)
+                _note(connection, "it closed the connection" + (f" ({code} {reason})" if code is not None else ""))
                 # Answer with the same code, then close once the answer is out.
                 self._queue(connection, server_frame(OP_CLOSE, payload[:2] if code is not None else b""))
                 self._finish(connection)
                 return
             # OP_PONG: being read at all is what counts (last_received).
+
+    def _log_join(self, connection: HubConnection, session: Session) -> None:
+        held = " (on hold: another client has the name)" if session.state is SessionState.HELD else ""
+        kind = "" if connection.native else " (winerp 1.x)"
+        logger.info("client %r joined from %s%s%s", session.name, connection.address, kind, held)
 
     def _deliver(self, out: Output) -> None:
         for session, message in out:
@@ -589,7 +658,10 @@ class Hub:
             for connection in dirty:
                 connection.dirty = False
                 if connection.stage is not _Stage.CLOSED:
-                    self._flush(connection)
+                    try:
+                        self._flush(connection)
+                    except Exception:  # noqa: BLE001 - a bug: logged by _fail; it costs this connection only
+                        self._fail(connection)
 
     def _flush(self, connection: HubConnection) -> None:
         sock = connection.sock
@@ -607,6 +679,7 @@ class Hub:
                 sent = 0
             except OSError as exc:
                 logger.debug("connection %s: write failed: %s", connection.number, exc)
+                _note(connection, f"connection lost: write failed: {exc}")
                 self._discard(connection)
                 return
             if sent < len(connection.unsent):
@@ -651,6 +724,7 @@ class Hub:
                 self._discard(connection)
             return
         logger.info("closing connection %s (%s): %d %s", connection.number, connection.name, code, reason)
+        _note(connection, f"closed by the hub: {code} {reason}")
         self._queue(connection, server_frame(OP_CLOSE, close_payload(code, reason)))
         self._finish(connection)
 
@@ -675,6 +749,7 @@ class Hub:
         that wait on it. The close frame is sent if it can go out at once.
         """
         logger.info("dropping connection %s (%s): %d %s", connection.number, connection.name, code, reason)
+        _note(connection, f"dropped by the hub: {code} {reason}")
         self._try_final(connection, code, reason)
         self._discard(connection)
 
@@ -691,6 +766,7 @@ class Hub:
         logger.warning(
             "client %r is not reading: backlog over %d bytes, disconnecting", connection.name, self.outbox_limit
         )
+        _note(connection, f"dropped by the hub: {CLOSE_OVERLOADED} too slow: outbound backlog full")
         connection.out = []
         connection.out_bytes = 0
         self._try_final(connection, CLOSE_OVERLOADED, "too slow: outbound backlog full")
@@ -700,6 +776,10 @@ class Hub:
         session = connection.session
         if session is None or session.state is SessionState.CLOSED:
             return
+        if session.state is not SessionState.NEW:
+            logger.info(
+                "client %r (%s) left: %s", session.name, connection.address, connection.why or "connection closed"
+            )
         with self._lock:
             out = self._router.close(session)
         self._deliver(out)
@@ -727,27 +807,34 @@ class Hub:
         """Drop connections that went silent, never registered, or never finished closing."""
         dead_after = 5 * self.heartbeat
         for connection in list(self._connections):
-            silence = now - connection.last_received
-            if connection.stage in (_Stage.TLS, _Stage.HTTP):
-                if now - connection.connected_at > self.handshake_timeout:
-                    logger.info("closing a connection that did not finish its handshake in time")
-                    self._discard(connection)
-            elif connection.stage is _Stage.CLOSING:
-                assert connection.closing_since is not None
-                closing_for = now - connection.closing_since
-                if closing_for > _CLOSING_LIMIT or (
-                    closing_for > _CLOSING_GRACE and now - connection.last_received > _CLOSING_GRACE / 4
-                ):
-                    self._discard(connection)
-            elif connection.session is None or connection.session.state is SessionState.NEW:
-                if now - connection.connected_at > self.handshake_timeout:
-                    self._terminate(connection, CLOSE_POLICY_VIOLATION, "no registration in time")
-            elif silence > dead_after:
-                self._cut(connection, CLOSE_POLICY_VIOLATION, f"heartbeat timeout: silent for {silence:.1f} s")
-            elif not connection.native and silence > self.heartbeat:
-                # winerp 1.x clients send nothing while idle, but their websocket library
-                # answers a websocket ping, and the pong counts as traffic.
-                self._queue(connection, _PING_FRAME)
+            try:
+                self._sweep_one(connection, now, dead_after)
+            except Exception:  # noqa: BLE001 - a bug: logged by _fail; it costs this connection only
+                self._fail(connection)
+
+    def _sweep_one(self, connection: HubConnection, now: float, dead_after: float) -> None:
+        """Drop ``connection`` if it went silent, never registered, or never finished closing."""
+        silence = now - connection.last_received
+        if connection.stage in (_Stage.TLS, _Stage.HTTP):
+            if now - connection.connected_at > self.handshake_timeout:
+                logger.info("closing a connection that did not finish its handshake in time")
+                self._discard(connection)
+        elif connection.stage is _Stage.CLOSING:
+            assert connection.closing_since is not None
+            closing_for = now - connection.closing_since
+            if closing_for > _CLOSING_LIMIT or (
+                closing_for > _CLOSING_GRACE and now - connection.last_received > _CLOSING_GRACE / 4
+            ):
+                self._discard(connection)
+        elif connection.session is None or connection.session.state is SessionState.NEW:
+            if now - connection.connected_at > self.handshake_timeout:
+                self._terminate(connection, CLOSE_POLICY_VIOLATION, "no registration in time")
+        elif silence > dead_after:
+            self._cut(connection, CLOSE_POLICY_VIOLATION, f"heartbeat timeout: silent for {silence:.1f} s")
+        elif not connection.native and silence > self.heartbeat:
+            # winerp 1.x clients send nothing while idle, but their websocket library
+            # answers a websocket ping, and the pong counts as traffic.
+            self._queue(connection, _PING_FRAME)
 
     def _shut_down(self) -> None:
         """Tell every client the hub is going away, and give them `stop`'s timeout to close."""

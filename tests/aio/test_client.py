@@ -25,9 +25,11 @@ from winerp.aio import Client
 
 try:
     from conftest import winerp_threads
+    from lifecycle_tools import free_port, slowloris_hub
     from security_tools import raw_ws
 except ImportError:  # tests/ is a package
     from tests.conftest import winerp_threads
+    from tests.lifecycle_tools import free_port, slowloris_hub
     from tests.security_tools import raw_ws
 
 pytestmark = pytest.mark.timeout(60)
@@ -244,6 +246,129 @@ async def test_no_winerp_thread_left_after_close(hub: winerp.Hub) -> None:
     await first.close()
     await second.close()
     assert ours() == []
+
+
+# --- life cycle: deadlines, giving up, the reader's safety net -------------------------------------
+
+#: How long `wait_until_ready` of a client that gave up may take to raise ("at once").
+AT_ONCE = 1.0
+GIVE_UP_CASES = ["start-timed-out", "no-reconnect", "refused-token", "closed", "closed-while-waiting"]
+
+
+@aio
+async def test_start_timeout_bounds_the_whole_opening_handshake() -> None:
+    """A hub that answers the upgrade one byte every 0.5 s: each read is quick, the whole is not."""
+    with slowloris_hub() as port:
+        for reconnect in (True, False):
+            client = Client("patient", port=port, reconnect=reconnect)
+            started = time.monotonic()
+            await _raises(errors.RequestTimeout, client.start(timeout=2))
+            assert time.monotonic() - started < 2.5
+            await client.close()
+
+
+@aio
+async def test_start_without_timeout_or_reconnect_makes_one_attempt() -> None:
+    client = Client("once", port=free_port(), reconnect=False)
+    started = time.monotonic()
+    await _raises(errors.HubUnreachable, client.start())
+    assert time.monotonic() - started < PROMPT
+    await _eventually(lambda: "winerp-reader-once" not in winerp_threads())
+    await client.close()
+
+
+async def _given_up(case: str, hub: winerp.Hub) -> tuple[Client, type[errors.WinerpError]]:
+    """A client that gave up in the way ``case`` names, and the error it gave up with."""
+    if case == "start-timed-out":
+        client = Client("quitter", port=free_port())
+        await _raises(errors.HubUnreachable, client.start(timeout=0.5))
+        return client, errors.HubUnreachable
+    if case == "no-reconnect":
+        client = Client("quitter", port=free_port(), reconnect=False)
+        await _raises(errors.HubUnreachable, client.start())
+        return client, errors.HubUnreachable
+    if case == "refused-token":
+        client = Client("quitter", port=hub.port, token="wrong")
+        await _raises(errors.UnauthorizedError, client.start())
+        return client, errors.UnauthorizedError
+    client = Client("quitter", port=hub.port, token="right")
+    await client.start(timeout=5)
+    await client.close()
+    return client, errors.ClientNotReadyError
+
+
+@pytest.mark.parametrize("case", GIVE_UP_CASES)
+@aio
+async def test_wait_until_ready_raises_at_once_once_the_client_gave_up(case: str) -> None:
+    with winerp.Hub(port=0, token="right") as hub:
+        if case == "closed-while-waiting":
+            # No hub answers: start() (no timeout) keeps trying until close() ends it; the
+            # 1.x way, with start() as a task.
+            client = Client("quitter", port=free_port())
+            starting = asyncio.create_task(client.start())
+            waiting = asyncio.create_task(client.wait_until_ready())
+            await _eventually(lambda: "winerp-reader-quitter" in winerp_threads())
+            closed_at = time.monotonic()
+            await client.close()
+            await _raises(errors.ClientNotReadyError, starting)
+            await _raises(errors.ClientNotReadyError, waiting)
+            assert time.monotonic() - closed_at < AT_ONCE
+            return
+        client, expected = await _given_up(case, hub)
+        for timeout in (None, 30):
+            started = time.monotonic()
+            await _raises(expected, client.wait_until_ready(timeout=timeout))
+            assert time.monotonic() - started < AT_ONCE
+        await client.close()
+
+
+@aio
+async def test_unexpected_reader_error_is_logged_and_the_client_reconnects(
+    clients: Clients, caplog: pytest.LogCaptureFixture
+) -> None:
+    receiver = await clients("receiver")
+    sender = await clients("sender")
+    informs, readies = Recorder(), Recorder()
+
+    @receiver.event
+    async def on_winerp_information(data: Any) -> None:
+        informs.add(data)
+
+    @receiver.event
+    async def on_winerp_ready() -> None:
+        readies.add("ready")
+
+    core = receiver._core
+    original = core._on_information
+    broken: list[bool] = []
+
+    def fails_once(information: Any) -> None:
+        if not broken:
+            broken.append(True)
+            raise RuntimeError("a bug in the reader")
+        original(information)
+
+    core._on_information = fails_once  # on this instance only; the socket is real
+    with caplog.at_level(logging.INFO, logger="winerp"):
+        await sender.inform("lost to the bug", "receiver")
+        await readies.wait(1, timeout=10)  # connected and registered again, by itself
+        await _eventually(lambda: receiver.is_ready)
+        await sender.inform("after", "receiver")
+        assert await informs.wait(1) == ["after"]
+    failures = [r for r in caplog.records if r.exc_info and "a bug in the reader" in str(r.exc_info[1])]
+    assert failures and failures[0].levelno == logging.ERROR, caplog.text
+    assert "Traceback" in caplog.text and "fails_once" in caplog.text
+    # The hub was told why: close code 1011.
+    assert "left: it closed the connection (1011" in caplog.text, caplog.text
+    assert "reconnected to" in caplog.text
+
+
+async def _eventually(predicate: Callable[[], object], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout} s")
+        await asyncio.sleep(0.01)
 
 
 # --- routes ------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -20,10 +20,12 @@ from winerp import errors
 from winerp.sync import Client
 
 try:
-    from conftest import winerp_threads
+    from conftest import wait_for, winerp_threads
+    from lifecycle_tools import free_port, slowloris_hub
     from security_tools import raw_ws
 except ImportError:  # tests/ is a package
-    from tests.conftest import winerp_threads
+    from tests.conftest import wait_for, winerp_threads
+    from tests.lifecycle_tools import free_port, slowloris_hub
     from tests.security_tools import raw_ws
 
 pytestmark = pytest.mark.timeout(60)
@@ -187,6 +189,136 @@ def test_no_winerp_thread_left_after_close(hub: winerp.Hub) -> None:
     first.close()
     second.close()
     assert ours() == []
+
+
+# --- life cycle: deadlines, giving up, the reader's safety net -------------------------------------
+
+#: How long `wait_until_ready` of a client that gave up may take to raise ("at once").
+AT_ONCE = 1.0
+GIVE_UP_CASES = ["start-timed-out", "no-reconnect", "refused-token", "closed", "closed-while-waiting"]
+
+
+def test_start_timeout_bounds_the_whole_opening_handshake() -> None:
+    """A hub that answers the upgrade one byte every 0.5 s: each read is quick, the whole is not."""
+    with slowloris_hub() as port:
+        for reconnect in (True, False):
+            client = Client("patient", port=port, reconnect=reconnect)
+            started = time.monotonic()
+            with pytest.raises(errors.RequestTimeout):
+                client.start(timeout=2)
+            assert time.monotonic() - started < 2.5
+            client.close()
+
+
+def test_start_without_timeout_or_reconnect_makes_one_attempt() -> None:
+    client = Client("once", port=free_port(), reconnect=False)
+    started = time.monotonic()
+    with pytest.raises(errors.HubUnreachable):
+        client.start()
+    assert time.monotonic() - started < PROMPT
+    wait_for(lambda: "winerp-reader-once" not in winerp_threads(), timeout=3)
+    client.close()
+
+
+def _given_up(case: str, hub: winerp.Hub) -> tuple[Client, type[errors.WinerpError]]:
+    """A client that gave up in the way ``case`` names, and the error it gave up with."""
+    if case == "start-timed-out":
+        client = Client("quitter", port=free_port())
+        with pytest.raises(errors.HubUnreachable):
+            client.start(timeout=0.5)
+        return client, errors.HubUnreachable
+    if case == "no-reconnect":
+        client = Client("quitter", port=free_port(), reconnect=False)
+        with pytest.raises(errors.HubUnreachable):
+            client.start()
+        return client, errors.HubUnreachable
+    if case == "refused-token":
+        client = Client("quitter", port=hub.port, token="wrong")
+        with pytest.raises(errors.UnauthorizedError):
+            client.start()
+        return client, errors.UnauthorizedError
+    client = Client("quitter", port=hub.port, token="right")
+    client.start(timeout=5)
+    client.close()
+    return client, errors.ClientNotReadyError
+
+
+@pytest.mark.parametrize("case", GIVE_UP_CASES)
+def test_wait_until_ready_raises_at_once_once_the_client_gave_up(case: str) -> None:
+    with winerp.Hub(port=0, token="right") as hub:
+        if case == "closed-while-waiting":
+            # No hub answers: start() (no timeout) keeps trying until close() ends it.
+            client = Client("quitter", port=free_port())
+            outcomes: dict[str, BaseException] = {}
+
+            def run(name: str, call: Callable[[], None]) -> None:
+                try:
+                    call()
+                except BaseException as exc:  # noqa: BLE001 - inspected below
+                    outcomes[name] = exc
+
+            threads = [
+                threading.Thread(target=run, args=("start", client.start)),
+                threading.Thread(target=run, args=("wait", client.wait_until_ready)),
+            ]
+            for thread in threads:
+                thread.start()
+            wait_for(lambda: "winerp-reader-quitter" in winerp_threads())
+            closed_at = time.monotonic()
+            client.close()
+            for thread in threads:
+                thread.join(5)
+            assert time.monotonic() - closed_at < AT_ONCE
+            assert isinstance(outcomes["start"], errors.ClientNotReadyError), outcomes
+            assert isinstance(outcomes["wait"], errors.ClientNotReadyError), outcomes
+            return
+        client, expected = _given_up(case, hub)
+        for timeout in (None, 30):
+            started = time.monotonic()
+            with pytest.raises(expected):
+                client.wait_until_ready(timeout=timeout)
+            assert time.monotonic() - started < AT_ONCE
+        client.close()
+
+
+def test_unexpected_reader_error_is_logged_and_the_client_reconnects(
+    clients: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    receiver = clients("receiver")
+    sender = clients("sender")
+    informs, readies = Recorder(), Recorder()
+
+    @receiver.event
+    def on_winerp_information(data: Any) -> None:
+        informs.add(data)
+
+    @receiver.event
+    def on_winerp_ready() -> None:
+        readies.add("ready")
+
+    core = receiver._core
+    original = core._on_information
+    broken: list[bool] = []
+
+    def fails_once(information: Any) -> None:
+        if not broken:
+            broken.append(True)
+            raise RuntimeError("a bug in the reader")
+        original(information)
+
+    core._on_information = fails_once  # on this instance only; the socket is real
+    with caplog.at_level(logging.INFO, logger="winerp"):
+        sender.inform("lost to the bug", "receiver")
+        readies.wait(1, timeout=10)  # connected and registered again, by itself
+        wait_for(lambda: receiver.is_ready)
+        sender.inform("after", "receiver")
+        assert informs.wait(1) == ["after"]
+    failures = [r for r in caplog.records if r.exc_info and "a bug in the reader" in str(r.exc_info[1])]
+    assert failures and failures[0].levelno == logging.ERROR, caplog.text
+    assert "Traceback" in caplog.text and "fails_once" in caplog.text
+    # The hub was told why: close code 1011.
+    assert "left: it closed the connection (1011" in caplog.text, caplog.text
+    assert "reconnected to" in caplog.text
 
 
 # --- routes ------------------------------------------------------------------------------------

@@ -70,16 +70,22 @@ class Client(BaseClient):
 
     # lifecycle
 
-    async def start(self, timeout: float = 10.0) -> None:
+    async def start(self, timeout: float | None = None) -> None:
         """Connect, register the name and routes; return once ready (or on hold).
 
         ``asyncio.create_task(client.start())`` followed by ``await client.wait_until_ready()``
-        works too (the winerp 1.x way).
+        works too (the winerp 1.x way), also when the hub comes up later: with no ``timeout``
+        and ``reconnect=True`` it keeps trying until the hub answers, however late (each
+        failed attempt is logged as a warning, with the next delay); with ``reconnect=False``,
+        one attempt. With a ``timeout``, it raises within it, whatever ``reconnect`` is, and
+        the client gives up.
 
         Raises:
-            HubUnreachable: no hub accepted the connection within ``timeout``.
+            HubUnreachable: no hub accepted the connection (a `ConnectionError` too).
             UnauthorizedError: the hub refused the token (never retried).
             RequestTimeout: the hub did not answer within ``timeout``.
+            ClientNotReadyError: the client was closed, or this is a forked child of the
+                process that started it.
         """
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
@@ -90,14 +96,24 @@ class Client(BaseClient):
 
         Raises:
             RequestTimeout: not ready within ``timeout``.
+            WinerpError: the client has given up (its start timed out or was refused, its
+                connection dropped with ``reconnect=False``, or it was closed): that error,
+                at once, whatever ``timeout`` is.
         """
-        try:
-            await asyncio.wait_for(asyncio.wrap_future(self._core.ready_future()), timeout)
-        except asyncio.TimeoutError:
-            raise errors.RequestTimeout(f"client {self.name!r} not ready within {timeout} s") from None
+        ready = asyncio.wrap_future(self._core.ready_future())
+        # Not wait_for: the error a client gave up with may be a RequestTimeout, itself a
+        # TimeoutError, and must come out as it is.
+        done, _ = await asyncio.wait({ready}, timeout=timeout)
+        if not done:
+            ready.cancel()
+            raise errors.RequestTimeout(f"client {self.name!r} not ready within {timeout} s")
+        ready.result()
 
     async def close(self) -> None:
         """Leave the hub; requests in flight fail with `ConnectionLost`. Idempotent."""
+        if self._core.forked:  # a forked child has none of the parent's threads or tasks to stop
+            self._core.close()
+            return
         self._core.close()
         join_workers = self._workers.close()
         current = asyncio.current_task()

@@ -43,13 +43,20 @@ class Client(BaseClient):
 
     # lifecycle
 
-    def start(self, timeout: float = 10.0) -> None:
+    def start(self, timeout: float | None = None) -> None:
         """Connect, register the name and routes; return once ready (or on hold).
 
+        With no ``timeout`` and ``reconnect=True`` it keeps trying until the hub answers,
+        however late (each failed attempt is logged as a warning, with the next delay); with
+        ``reconnect=False``, one attempt. With a ``timeout``, it raises within it, whatever
+        ``reconnect`` is, and the client gives up.
+
         Raises:
-            HubUnreachable: no hub accepted the connection within ``timeout``.
+            HubUnreachable: no hub accepted the connection (a `ConnectionError` too).
             UnauthorizedError: the hub refused the token (never retried).
             RequestTimeout: the hub did not answer within ``timeout``.
+            ClientNotReadyError: the client was closed, or this is a forked child of the
+                process that started it.
         """
         self._core.start(timeout).result()
 
@@ -58,6 +65,9 @@ class Client(BaseClient):
 
         Raises:
             RequestTimeout: not ready within ``timeout``.
+            WinerpError: the client has given up (its start timed out or was refused, its
+                connection dropped with ``reconnect=False``, or it was closed): that error,
+                at once, whatever ``timeout`` is.
         """
         if not self._core.wait_until_ready(timeout):
             raise errors.RequestTimeout(f"client {self.name!r} not ready within {timeout} s")
@@ -65,7 +75,8 @@ class Client(BaseClient):
     def close(self) -> None:
         """Leave the hub; requests in flight fail with `ConnectionLost`. Idempotent."""
         self._core.close()
-        self._workers.close()()
+        if not self._core.forked:  # a forked child has none of the parent's threads to stop
+            self._workers.close()()
 
     def __enter__(self) -> Client:
         self.start()
