@@ -154,7 +154,8 @@ def _compiled_unmask() -> Callable[[bytes, bytes], bytes] | None:
             path = os.path.join(folder, "speedups" + suffix)
             if os.path.exists(path):
                 loader = importlib.machinery.ExtensionFileLoader("websockets.speedups", path)
-                module = importlib.util.module_from_spec(importlib.machinery.ModuleSpec(loader.name, loader, origin=path))
+                spec_of_module = importlib.machinery.ModuleSpec(loader.name, loader, origin=path)
+                module = importlib.util.module_from_spec(spec_of_module)
                 loader.exec_module(module)
                 apply_mask: Callable[[bytes, bytes], bytes] = module.apply_mask
                 return apply_mask
