@@ -1,4 +1,4 @@
-"""Masking cost: the old ways of `winerp.wsframe` against the new, per payload size.
+"""Masking cost: the old ways of `winerp.wire.websocket` against the new, per payload size.
 
 Masking (client to hub) and unmasking (at the hub) are the same XOR with a 4-byte key.
 Before, a winerp client picked keys of four equal bytes (one random byte, four times), so
@@ -9,9 +9,9 @@ big int per 8 KiB chunk. The script times, per size:
 
 - ``old random key``: the old big-int path with a key of four different bytes;
 - ``old equal-byte key``: the old translate path (what the old, predictable keys cost);
-- ``new random key``: `winerp.wsframe.unmask` with a key of four different bytes (compiled,
+- ``new random key``: `winerp.wire.websocket.unmask` with a key of four different bytes (compiled,
   from the ``websockets`` C extension, when it is installed);
-- ``new pure Python``: `winerp.wsframe.python_unmask`, the path taken without it;
+- ``new pure Python``: `winerp.wire.websocket.python_unmask`, the path taken without it;
 - ``new client_frame``: a whole masked frame, key drawn from the batched urandom pool.
 
 The variants run alternately within each repeat, and the table gives medians over the
@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from winerp.wsframe import OP_BINARY, client_frame, python_unmask, unmask
+from winerp.wire.websocket import OP_BINARY, client_frame, python_unmask, unmask
 
 SIZES = [16, 1024, 64 * 1024, 1024 * 1024]
 KEY = b"\x12\x9a\x5c\xe7"

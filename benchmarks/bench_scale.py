@@ -19,7 +19,7 @@ client is registered (checked with ``peers()``), it measures
                    the machine used during the idle window by anything but this benchmark.
 
 An idle client (``--idle-kind raw``, the default) is a light asyncio connection that speaks
-the native protocol with ``winerp.frames``: websocket handshake with the winerp subprotocol,
+the native protocol with ``winerp.protocol.frames``: websocket handshake with the winerp subprotocol,
 ``Hello``, then a ``Ping`` to the hub at the heartbeat interval the hub announced in
 ``Welcome``, answering pings and ignoring everything else, exactly the traffic of an idle
 real client. With ``--idle-kind sync`` they are real ``winerp.sync.Client`` instances instead
@@ -114,7 +114,7 @@ class RawIdleClient:
 
     async def connect(self) -> float:
         """Open the websocket, register the name; return the heartbeat interval from `Welcome`."""
-        from winerp import frames
+        from winerp.protocol import frames
 
         reader, writer = await asyncio.open_connection(B.HOST, self.port)
         self.writer = writer
@@ -150,7 +150,7 @@ class RawIdleClient:
 
     async def serve(self, heartbeat: float) -> None:
         """Stay connected: heartbeat the hub, answer pings, ignore the rest, until closed."""
-        from winerp import frames
+        from winerp.protocol import frames
 
         assert self.writer is not None and self._reader is not None
         writer = self.writer
@@ -174,7 +174,7 @@ class RawIdleClient:
             beat.cancel()
 
     async def _heartbeat(self, interval: float) -> None:
-        from winerp import frames
+        from winerp.protocol import frames
 
         assert self.writer is not None
         ping = _ws_frame(2, frames.encode_frame(frames.Ping(0, frames.HUB)))

@@ -1,6 +1,6 @@
 """What the value codec costs for plain values, before and after values kept their types.
 
-``winerp.frames.encode_value`` now walks a value before msgspec encodes it (msgspec would
+``winerp.protocol.frames.encode_value`` now walks a value before msgspec encodes it (msgspec would
 otherwise turn a datetime into a string, a set into an array, a dataclass into a map ...).
 This script measures what that walk costs on the values winerp carries most: request
 arguments and return values made of dicts, str, int, float, lists, and 64 KiB of bytes.
@@ -28,9 +28,9 @@ from typing import Any, Final
 import benchsupport  # noqa: F401  (puts this checkout's winerp first on sys.path)
 import msgspec
 
-from winerp.frames import decode_value, encode_value
+from winerp.protocol.frames import decode_value, encode_value
 
-# --- BASELINE: the value codec before this change (winerp/frames.py), copied verbatim ------
+# --- BASELINE: the value codec before this change (winerp/protocol/frames.py), copied verbatim ------
 
 _OLD_BIG_INT_EXT: Final = 1
 _old_value_encoder: Final = msgspec.msgpack.Encoder()

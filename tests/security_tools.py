@@ -13,7 +13,7 @@ from typing import Any
 
 import websocket
 
-from winerp.frames import SUBPROTOCOL
+from winerp.protocol.frames import SUBPROTOCOL
 from winerp.sync import Client
 
 _pairs = itertools.count(1)

@@ -38,7 +38,7 @@ import winerp
 import winerp.aio
 import winerp.sync
 from winerp import errors
-from winerp.frames import SUBPROTOCOL, Hello
+from winerp.protocol.frames import SUBPROTOCOL, Hello
 
 try:
     from conftest import ROOT, core_request, wait_for, winerp_threads

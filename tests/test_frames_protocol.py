@@ -23,7 +23,9 @@ import msgspec
 import pytest
 
 from winerp import errors
-from winerp.frames import (
+from winerp.protocol.client import ClientProtocol, ClientState, error_from_failure
+from winerp.protocol.codec import NativeCodec
+from winerp.protocol.frames import (
     EMPTY_ARGS,
     HUB,
     SUBPROTOCOL,
@@ -45,16 +47,8 @@ from winerp.frames import (
     encode_frame,
     encode_value,
 )
-from winerp.handshake import TOKEN_HEADER, Admission, Refusal, admit
-from winerp.protocol import (
-    ClientProtocol,
-    ClientState,
-    NativeCodec,
-    Router,
-    Session,
-    SessionState,
-    error_from_failure,
-)
+from winerp.protocol.router import Router, Session, SessionState
+from winerp.wire.handshake import TOKEN_HEADER, Admission, Refusal, admit
 
 PACKAGE = Path(__file__).resolve().parent.parent / "winerp"
 LIMIT = 1024 * 1024
@@ -905,8 +899,18 @@ def test_closing_twice_is_harmless() -> None:
 FORBIDDEN = {"socket", "threading", "asyncio", "websocket", "select", "selectors", "ssl"}
 
 
-@pytest.mark.parametrize("module", ["frames.py", "protocol.py", "handshake.py", "wsframe.py"])
+SANS_IO = sorted(
+    str(path.relative_to(PACKAGE)) for folder in ("wire", "protocol") for path in (PACKAGE / folder).glob("*.py")
+)
+
+
+def test_the_sans_io_layers_hold_their_modules() -> None:
+    assert {"wire/websocket.py", "wire/handshake.py", "protocol/frames.py", "protocol/router.py"} <= set(SANS_IO)
+
+
+@pytest.mark.parametrize("module", SANS_IO)
 def test_sans_io_modules_import_no_io(module: str) -> None:
+    """The wire and protocol layers import no I/O, and import nothing above them."""
     tree = ast.parse((PACKAGE / module).read_text(), filename=module)
     imported: set[str] = set()
     for node in ast.walk(tree):
@@ -914,9 +918,15 @@ def test_sans_io_modules_import_no_io(module: str) -> None:
             imported.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             imported.add(node.module.split(".")[0])
-        elif isinstance(node, ast.ImportFrom) and node.level > 0:
-            # Relative imports stay inside the sans-IO layer (or the errors module).
-            assert node.module in {"frames", "protocol", "handshake", "wsframe", "errors", None}, (module, node.module)
+        elif isinstance(node, ast.ImportFrom) and node.level == 1:
+            pass  # a sibling in the same layer
+        elif isinstance(node, ast.ImportFrom) and node.level == 2:
+            # Up one level: only the layers below (wire below protocol) and the errors module.
+            assert (node.module or "").split(".")[0] in {"wire", "errors", "defaults", ""} or (
+                node.module is None and all(alias.name == "errors" for alias in node.names)
+            ), (module, node.module)
+        elif isinstance(node, ast.ImportFrom):
+            pytest.fail(f"{module} imports from {node.level} levels up")
         elif isinstance(node, ast.Call) and getattr(node.func, "id", None) == "__import__":
             pytest.fail(f"{module} imports dynamically")
     assert not imported & FORBIDDEN, f"{module} imports {sorted(imported & FORBIDDEN)}"

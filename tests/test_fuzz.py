@@ -24,8 +24,10 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import Request as WsRequest
 
 import winerp
-from winerp import errors, handshake
-from winerp.frames import (
+from winerp import errors
+from winerp.protocol.client import ClientProtocol
+from winerp.protocol.codec import NativeCodec
+from winerp.protocol.frames import (
     HUB,
     SUBPROTOCOL,
     AddRoutes,
@@ -45,9 +47,10 @@ from winerp.frames import (
     encode_frame,
     encode_value,
 )
-from winerp.legacy import LegacyCodec
-from winerp.protocol import ClientProtocol, NativeCodec, Router, Session, SessionState
+from winerp.protocol.legacy import LegacyCodec
+from winerp.protocol.router import Router, Session, SessionState
 from winerp.sync import Client
+from winerp.wire import handshake
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 LIVE_FUZZ = settings(

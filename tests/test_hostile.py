@@ -25,9 +25,9 @@ import websocket
 
 import winerp
 from winerp import errors
-from winerp.frames import Hello, Inform, Request, Response, decode_frame, encode_frame, encode_value
-from winerp.handshake import MAX_REQUEST_BYTES
+from winerp.protocol.frames import Hello, Inform, Request, Response, decode_frame, encode_frame, encode_value
 from winerp.sync import Client
+from winerp.wire.handshake import MAX_REQUEST_BYTES
 
 try:
     from conftest import core_request, python_process, wait_for
@@ -280,7 +280,7 @@ def test_protocol_violations_after_the_handshake(hub: winerp.Hub) -> None:
 
 
 def _welcome() -> object:
-    from winerp.frames import Welcome
+    from winerp.protocol.frames import Welcome
 
     return Welcome("x", False, 1.0, 1)
 

@@ -1,7 +1,7 @@
 """The winerp 1.x codec alone: 1.x JSON messages in and out, no sockets.
 
 The messages written here are the ones winerp 1.5.0 sends and expects (see
-``winerp/legacy.py``); tests/test_legacy_interop.py checks them against the real client.
+``winerp/protocol/legacy.py``); tests/test_legacy_interop.py checks them against the real client.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from winerp import errors
-from winerp.frames import (
+from winerp.protocol.codec import Undeliverable
+from winerp.protocol.frames import (
     HUB,
     ErrorCode,
     Failure,
@@ -35,7 +36,7 @@ from winerp.frames import (
     decode_value,
     encode_value,
 )
-from winerp.legacy import (
+from winerp.protocol.legacy import (
     ERROR,
     FUNCTION_CALL,
     INFORMATION,
@@ -47,7 +48,6 @@ from winerp.legacy import (
     VERIFICATION,
     LegacyCodec,
 )
-from winerp.protocol import Undeliverable
 
 FIELDS = {"id", "type", "route", "data", "traceback", "uuid", "destination", "pseudo_object"}
 

@@ -87,12 +87,12 @@ def test_a_client_logs_its_lost_connection_each_failed_attempt_and_its_reconnect
                 loop.run_until_complete(client.close())
                 loop.close()
             hub.stop()
-    lines = [(r.levelname, r.name, r.getMessage()) for r in caplog.records if r.name.startswith("winerp.core")]
+    lines = [(r.levelname, r.name, r.getMessage()) for r in caplog.records if r.name.startswith("winerp.client")]
     lost = [line for line in lines if "lost the connection" in line[2]]
     assert lost == [
         (
             "WARNING",
-            "winerp.core",
+            "winerp.client",
             f"client 'logger': lost the connection to the hub at 127.0.0.1:{port} "
             "(closed by the hub: 1001 hub shutting down)",
         )
@@ -100,7 +100,7 @@ def test_a_client_logs_its_lost_connection_each_failed_attempt_and_its_reconnect
     failed = [line for line in lines if "cannot connect" in line[2]]
     assert failed and all(level == "WARNING" for level, _, _ in failed), lines
     assert all(re.search(r"; next attempt in \d+\.\d s$", message) for _, _, message in failed), failed
-    assert ("INFO", "winerp.core", f"client 'logger': reconnected to the hub at 127.0.0.1:{port}") in lines
+    assert ("INFO", "winerp.client", f"client 'logger': reconnected to the hub at 127.0.0.1:{port}") in lines
 
 
 def _count(caplog: pytest.LogCaptureFixture, needle: str) -> int:

@@ -19,8 +19,8 @@ import winerp
 import winerp.aio
 import winerp.errors
 import winerp.sync
-from winerp.frames import ErrorCode, Failure
-from winerp.protocol import error_from_failure
+from winerp.protocol.client import error_from_failure
+from winerp.protocol.frames import ErrorCode, Failure
 
 TESTS = Path(__file__).resolve().parent
 

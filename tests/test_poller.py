@@ -10,7 +10,7 @@ import pytest
 
 import winerp
 import winerp.sync
-from winerp.poller import IN, OUT, Poller
+from winerp.hub.poller import IN, OUT, Poller
 
 
 @pytest.fixture(params=["native", "fallback"])

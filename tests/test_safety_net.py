@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 import winerp
-from winerp.frames import HUB, Hello, Ping, decode_frame, encode_frame
+from winerp.protocol.frames import HUB, Hello, Ping, decode_frame, encode_frame
 from winerp.sync import Client
 
 try:

@@ -28,11 +28,22 @@ import websocket
 
 import winerp
 import winerp.aio
-import winerp.core
-from winerp import errors, handshake
-from winerp.frames import ErrorCode, Failure, Hello, Inform, Request, Response, decode_frame, encode_frame, encode_value
-from winerp.protocol import MAX_NAME_LENGTH
+import winerp.client.core
+from winerp import errors
+from winerp.protocol.frames import (
+    MAX_NAME_LENGTH,
+    ErrorCode,
+    Failure,
+    Hello,
+    Inform,
+    Request,
+    Response,
+    decode_frame,
+    encode_frame,
+    encode_value,
+)
 from winerp.sync import Client
+from winerp.wire import handshake
 
 try:
     from conftest import ROOT, core_request, wait_for, winerp_threads
@@ -500,7 +511,7 @@ def test_start_fails_with_the_hubs_reason_when_refused_before_ready(
     hub: winerp.Hub, monkeypatch: pytest.MonkeyPatch, reconnect: bool
 ) -> None:
     """A hub that closes the connection before welcoming the client ends start() with its reason."""
-    monkeypatch.setattr(winerp.core, "name_problem", lambda name: None)  # let a bad name reach the hub
+    monkeypatch.setattr(winerp.client.core, "name_problem", lambda name: None)  # let a bad name reach the hub
     client = Client("bad\nname", port=hub.port, reconnect=reconnect)
     started = time.monotonic()
     with pytest.raises(errors.ProtocolError, match="client name"):

@@ -91,6 +91,13 @@ def test_start_has_no_deadline_by_default() -> None:
 
 def test_the_library_adds_no_log_handler() -> None:
     """Not even a NullHandler: with no logging set up, warnings reach stderr (Python's last resort)."""
-    names = ["winerp", "winerp.core", "winerp.hub", "winerp.client", "winerp.aio.client", "winerp.sync.client"]
+    names = [
+        "winerp",
+        "winerp.client",
+        "winerp.hub",
+        "winerp.client.base",
+        "winerp.aio.client",
+        "winerp.sync.client",
+    ]
     for name in names:
         assert logging.getLogger(name).handlers == [], name

@@ -7,7 +7,7 @@ import threading
 import time
 from typing import Any
 
-from winerp.client import Workers
+from winerp.client.base import Workers
 
 
 class _SlowToTake:

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from websocket import ABNF
 
-from winerp.wsframe import (
+from winerp.wire.websocket import (
     FRAGMENT_BYTES,
     MIN_FRAGMENTS,
     OP_BINARY,

@@ -16,8 +16,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import __version__
+from .defaults import DEFAULT_HOST, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PORT
 from .errors import WinerpError
-from .hub import DEFAULT_HOST, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PORT, Hub
+from .hub import Hub
 
 __all__ = ["main", "hub_main"]
 

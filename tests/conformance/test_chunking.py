@@ -12,7 +12,7 @@ import random
 import pytest
 from wsproto.frame_protocol import FrameProtocol
 
-from winerp.wsframe import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, FrameReader, close_payload
+from winerp.wire.websocket import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, FrameReader, close_payload
 
 
 def _stream(*, client: bool, large: bool) -> tuple[bytes, list[tuple[int, bytes]]]:

@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from winerp.frames import Information, Ping, Pong, Request, decode_frame, encode_frame, encode_value
+from winerp.protocol.frames import Information, Ping, Pong, Request, decode_frame, encode_frame, encode_value
 
 try:
     from conftest import wait_for

@@ -15,8 +15,8 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import Request
 
 import winerp
-from winerp.frames import SUBPROTOCOL
-from winerp.handshake import MAX_REQUEST_BYTES, Admission, Refusal, admit
+from winerp.protocol.frames import SUBPROTOCOL
+from winerp.wire.handshake import MAX_REQUEST_BYTES, Admission, Refusal, admit
 
 try:
     from security_tools import http_exchange, status_line

@@ -16,7 +16,18 @@ import msgspec
 import pytest
 
 import winerp
-from winerp.frames import HUB, Hello, Inform, Information, Ping, Pong, Welcome, decode_frame, encode_frame, encode_value
+from winerp.protocol.frames import (
+    HUB,
+    Hello,
+    Inform,
+    Information,
+    Ping,
+    Pong,
+    Welcome,
+    decode_frame,
+    encode_frame,
+    encode_value,
+)
 
 try:
     from conformance.wire import Peer, hand_frame, open_hub, registered

@@ -20,7 +20,7 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, Request
 from wsproto.frame_protocol import FrameProtocol, Opcode
 
-from winerp.frames import SUBPROTOCOL, Hello, Welcome, decode_frame, encode_frame
+from winerp.protocol.frames import SUBPROTOCOL, Hello, Welcome, decode_frame, encode_frame
 from winerp.sync import Client
 
 _KEY = b"\x37\xfa\x21\x3d"

@@ -12,8 +12,8 @@ from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Literal, overload
 
 from .. import errors
-from ..client import BaseClient, call_event, call_route, destinations_list, is_async_callable
-from ..core import Call
+from ..client.base import BaseClient, call_event, call_route, destinations_list, is_async_callable
+from ..client.core import Call
 
 __all__ = ["Client"]
 

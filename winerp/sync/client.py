@@ -8,8 +8,8 @@ from collections.abc import Callable, Iterable
 from typing import Any, Literal, overload
 
 from .. import errors
-from ..client import BaseClient, call_event, call_route, destinations_list
-from ..core import Call
+from ..client.base import BaseClient, call_event, call_route, destinations_list
+from ..client.core import Call
 
 __all__ = ["Client"]
 

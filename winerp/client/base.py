@@ -17,9 +17,9 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
-from . import errors
+from .. import errors
+from ..defaults import DEFAULT_HOST, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PORT
 from .core import Backoff, ClientCore, Host
-from .hub import DEFAULT_HOST, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PORT
 
 __all__ = [
     "BaseClient",

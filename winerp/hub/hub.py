@@ -25,10 +25,12 @@ import types
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
-from . import errors, handshake
-from .poller import IN, OUT, Poller
-from .protocol import Codec, Message, NativeCodec, Output, Router, Session, SessionState
-from .wsframe import (
+from .. import errors
+from ..defaults import DEFAULT_HOST, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PORT
+from ..protocol.codec import Codec, Message, NativeCodec
+from ..protocol.router import Output, Router, Session, SessionState
+from ..wire import handshake
+from ..wire.websocket import (
     OP_BINARY,
     OP_CLOSE,
     OP_PING,
@@ -41,17 +43,16 @@ from .wsframe import (
     server_frame,
     server_header,
 )
+from .poller import IN, OUT, Poller
 
 if TYPE_CHECKING:
     import ssl
 
 __all__ = ["Hub", "DEFAULT_HOST", "DEFAULT_PORT", "DEFAULT_MAX_MESSAGE_SIZE"]
 
-logger = logging.getLogger(__name__)
+# Named for what it logs, not for the module path: a stable name for users to configure.
+logger = logging.getLogger("winerp.hub")
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 13254
-DEFAULT_MAX_MESSAGE_SIZE = 8 * 1024 * 1024
 
 # Close codes (RFC 6455) the hub sends.
 CLOSE_NORMAL = 1000
@@ -541,7 +542,7 @@ class Hub:
         if verdict.native:
             codec = NativeCodec()
         else:
-            from .legacy import LegacyCodec
+            from ..protocol.legacy import LegacyCodec
 
             codec = LegacyCodec()
         connection.reader = FrameReader(masked=True, max_size=self.max_message_size)

@@ -13,7 +13,7 @@ the facade gave it when it ends; the facades decide how to wait for that, and wh
 handlers and event handlers run (the `Host` they pass in).
 
 websocket-client only opens the connection (TCP, TLS and the opening handshake); from
-then on the core reads and writes the raw socket itself, framing with `winerp.wsframe`.
+then on the core reads and writes the raw socket itself, framing with `winerp.wire.websocket`.
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ from typing import Any, Protocol
 
 import websocket
 
-from . import errors
-from .frames import (
+from .. import errors
+from ..protocol.client import ClientProtocol, ClientState, error_from_failure
+from ..protocol.frames import (
     HUB,
     SUBPROTOCOL,
     Failure,
@@ -50,10 +51,10 @@ from .frames import (
     Response,
     Welcome,
     decode_value,
+    name_problem,
 )
-from .handshake import TOKEN_HEADER
-from .protocol import ClientProtocol, ClientState, error_from_failure, name_problem
-from .wsframe import (
+from ..wire.handshake import TOKEN_HEADER
+from ..wire.websocket import (
     OP_BINARY,
     OP_CLOSE,
     OP_PING,
@@ -68,7 +69,8 @@ from .wsframe import (
 
 __all__ = ["ClientCore", "Host", "Call", "Gathering", "Backoff"]
 
-logger = logging.getLogger(__name__)
+# Named for what it logs, not for the module path: a stable name for users to configure.
+logger = logging.getLogger("winerp.client")
 
 _EVENT_NAMES = frozenset(
     {

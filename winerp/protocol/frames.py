@@ -19,12 +19,15 @@ from __future__ import annotations
 import datetime
 import decimal
 import enum
+import re
 import struct
 import uuid
 from typing import Any, Callable, Final, Union
 
 import msgspec
 from msgspec import Raw, Struct
+
+from ..wire.handshake import PROTOCOL_VERSION, SUBPROTOCOL
 
 __all__ = [
     "SUBPROTOCOL",
@@ -50,11 +53,10 @@ __all__ = [
     "EMPTY_ARGS",
     "FRAME_ENCODER",
     "FRAME_DECODER",
+    "MAX_NAME_LENGTH",
+    "name_problem",
 ]
 
-PROTOCOL_VERSION: Final = 1
-#: Websocket subprotocol of the native dialect; a connection that asks for none speaks 1.x JSON.
-SUBPROTOCOL: Final = f"winerp.v{PROTOCOL_VERSION}"
 #: The peer name that addresses the hub itself (its built-in routes and ping).
 HUB: Final = ""
 
@@ -194,9 +196,22 @@ def decode_frame(data: bytes) -> Frame:
     try:
         return _frame_decoder.decode(data)
     except (msgspec.DecodeError, RecursionError) as exc:
-        from .errors import ProtocolError
+        from ..errors import ProtocolError
 
         raise ProtocolError(f"undecodable frame: {exc}") from None
+
+
+# --- client names ------------------------------------------------------------------------
+
+MAX_NAME_LENGTH: Final = 128
+_NAME_PATTERN: Final = re.compile(rf"[^\x00-\x1f\x7f]{{1,{MAX_NAME_LENGTH}}}")
+
+
+def name_problem(name: object) -> str | None:
+    """Say why ``name`` cannot be a client name, or return None if it can."""
+    if isinstance(name, str) and _NAME_PATTERN.fullmatch(name):
+        return None
+    return f"a client name is 1 to {MAX_NAME_LENGTH} characters with no control characters, not {name!r:.60}"
 
 
 # --- user values ---------------------------------------------------------------------------
@@ -531,7 +546,7 @@ def decode_value(data: bytes | Raw) -> Any:
     try:
         return _value_decoder.decode(data)
     except (msgspec.DecodeError, ValueError, TypeError, RecursionError) as exc:
-        from .errors import ProtocolError
+        from ..errors import ProtocolError
 
         raise ProtocolError(f"undecodable value: {exc}") from None
 

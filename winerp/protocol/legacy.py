@@ -57,7 +57,8 @@ from typing import Any, Final, Literal
 import msgspec
 from msgspec import Raw
 
-from . import errors
+from .. import errors
+from .codec import Message, Undeliverable
 from .frames import (
     HUB,
     AddRoutes,
@@ -76,7 +77,6 @@ from .frames import (
     decode_value,
     encode_value,
 )
-from .protocol import Message, Undeliverable
 
 __all__ = [
     "ERROR",

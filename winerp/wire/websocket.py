@@ -2,7 +2,7 @@
 
 Rules of this module: no I/O, no threads, no clock. The hub and the client both frame their
 messages here; the opening handshake stays with websocket-client (client side) and
-`winerp.handshake` (hub side).
+`winerp.wire.handshake` (hub side).
 
 Every frame a client sends is masked with a fresh, unpredictable 32-bit key drawn from the
 operating system's entropy source (RFC 6455, sections 5.3 and 10.3); keys are drawn 4 KiB

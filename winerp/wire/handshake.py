@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 from collections.abc import Collection
+from typing import Final
 
 # CPython's own SHA-1 and constant-time comparison, when present: hashlib and hmac load
 # OpenSSL, about 4 MB of the hub's memory, for one hash per connection.
@@ -23,9 +24,10 @@ try:
 except ImportError:  # pragma: no cover
     from hmac import compare_digest  # type: ignore[no-redef]
 
-from .frames import SUBPROTOCOL
 
 __all__ = [
+    "PROTOCOL_VERSION",
+    "SUBPROTOCOL",
     "Admission",
     "Refusal",
     "admit",
@@ -36,6 +38,10 @@ __all__ = [
     "TOKEN_HEADER",
 ]
 
+#: Version of the native protocol, named in its websocket subprotocol.
+PROTOCOL_VERSION: Final = 1
+#: Websocket subprotocol of the native dialect; a connection that asks for none speaks 1.x JSON.
+SUBPROTOCOL: Final = f"winerp.v{PROTOCOL_VERSION}"
 #: Largest HTTP request head the hub reads before refusing it.
 MAX_REQUEST_BYTES = 16 * 1024
 #: Header that carries the shared token.
