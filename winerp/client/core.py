@@ -53,6 +53,7 @@ from ..protocol.frames import (
     decode_value,
     name_problem,
 )
+from ..wire.close import CloseCode
 from ..wire.handshake import TOKEN_HEADER
 from ..wire.websocket import (
     OP_BINARY,
@@ -85,9 +86,6 @@ _EVENT_NAMES = frozenset(
         "on_winerp_peer_leave",
     }
 )
-CLOSE_GOING_AWAY = 1001
-CLOSE_PROTOCOL_ERROR = 1002
-CLOSE_INTERNAL_ERROR = 1011
 # Longest one connection attempt (TCP, TLS, the websocket handshake and the registration)
 # may take when `start` set no deadline; the hub gives a new connection as long.
 _ATTEMPT_TIMEOUT = 10.0
@@ -570,7 +568,7 @@ class ClientCore:
         connection = self._connection
         if connection is not None:
             # _send never raises on a broken socket: it drops the connection instead.
-            self._send(connection, close_payload(1000, "client closing"), OP_CLOSE, wait=True)
+            self._send(connection, close_payload(CloseCode.NORMAL, "client closing"), OP_CLOSE, wait=True)
             self._drop(connection)
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
@@ -826,7 +824,7 @@ class ClientCore:
                 self._log_lost(connection)
                 if not self.reconnect:
                     return errors.ConnectionLost("the connection to the hub dropped (reconnect is off)")
-                delay = 0.05 if connection.close_code == CLOSE_GOING_AWAY else self.backoff.next_delay()
+                delay = 0.05 if connection.close_code == CloseCode.GOING_AWAY else self.backoff.next_delay()
                 logger.info("client %r: reconnecting in %.1f s", self.name, delay)
             else:
                 assert failure is not None
@@ -877,7 +875,7 @@ class ClientCore:
                 f"the hub at {self._address()} did not register client {self.name!r} in time"
             )
         why = f": {connection.close_code} {connection.close_reason}" if connection.close_code else ""
-        refused = connection.close_code == CLOSE_PROTOCOL_ERROR
+        refused = connection.close_code == CloseCode.PROTOCOL_ERROR
         return connection, (errors.ProtocolError if refused else errors.ConnectionLost)(
             f"the hub closed the connection before this client was ready{why}"
         )
@@ -1032,7 +1030,7 @@ class ClientCore:
         logger.exception("client %r: unexpected error; closing the connection (1011)", self.name)
         connection.lost = f"unexpected error in the client: {exc!r}"
         if connection.alive:
-            payload = close_payload(CLOSE_INTERNAL_ERROR, "internal error in the client")
+            payload = close_payload(CloseCode.INTERNAL_ERROR, "internal error in the client")
             self._send(connection, payload, OP_CLOSE, wait=True)  # written before the socket is shut
         self._drop(connection)
 
@@ -1091,7 +1089,9 @@ class ClientCore:
             self._log_read_error(connection, exc)
             # Fail the websocket as RFC 6455 section 7.1.7 asks: a close frame with the
             # reason first (1002 protocol error, 1007 invalid data, 1009 too big), then drop.
-            code, reason = (exc.code, exc.reason) if isinstance(exc, FrameError) else (CLOSE_PROTOCOL_ERROR, str(exc))
+            code, reason = (
+                (exc.code, exc.reason) if isinstance(exc, FrameError) else (CloseCode.PROTOCOL_ERROR, str(exc))
+            )
             self._last_frame(connection, close_payload(code, reason))
             self._drop(connection)
         except (OSError, ValueError) as exc:
@@ -1223,7 +1223,7 @@ class ClientCore:
         if code is not None:
             connection.close_code = code
             connection.close_reason = reason
-            if code != 1000:
+            if code != CloseCode.NORMAL:
                 logger.warning(
                     "client %r: the hub closed the connection: %d %s",
                     self.name,

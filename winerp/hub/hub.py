@@ -30,6 +30,7 @@ from ..defaults import DEFAULT_HOST, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PORT
 from ..protocol.codec import Codec, Message, NativeCodec
 from ..protocol.router import Output, Router, Session, SessionState
 from ..wire import handshake
+from ..wire.close import CloseCode
 from ..wire.websocket import (
     OP_BINARY,
     OP_CLOSE,
@@ -55,14 +56,6 @@ logger = logging.getLogger("winerp.hub")
 
 
 # Close codes (RFC 6455) the hub sends.
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_PROTOCOL_ERROR = 1002
-CLOSE_INVALID_DATA = 1007
-CLOSE_POLICY_VIOLATION = 1008
-CLOSE_INTERNAL_ERROR = 1011
-CLOSE_SERVICE_RESTART = 1012
-CLOSE_OVERLOADED = 1013
 
 _READ_SIZE = 256 * 1024
 _PING_FRAME = server_frame(OP_PING, b"")
@@ -395,7 +388,7 @@ class Hub:
         logger.exception("connection %s (%s) failed", connection.number, connection.name or connection.address)
         _note(connection, "internal error in the hub")
         try:
-            self._try_final(connection, CLOSE_INTERNAL_ERROR, "internal error in the hub")
+            self._try_final(connection, CloseCode.INTERNAL_ERROR, "internal error in the hub")
             self._discard(connection)
         except Exception:
             logger.exception("connection %s: clean-up failed; removing it by force", connection.number)
@@ -586,18 +579,18 @@ class Hub:
                     try:
                         message = payload.decode()
                     except UnicodeDecodeError:
-                        self._terminate(connection, CLOSE_INVALID_DATA, "text message is not valid UTF-8")
+                        self._terminate(connection, CloseCode.INVALID_DATA, "text message is not valid UTF-8")
                         return
                 try:
                     with self._lock:
                         out = router.receive(session, message)
                 except errors.ProtocolError as exc:
-                    self._terminate(connection, CLOSE_PROTOCOL_ERROR, str(exc))
+                    self._terminate(connection, CloseCode.PROTOCOL_ERROR, str(exc))
                     return
                 except Exception:
                     # A router bug must cost one connection, with a close frame, not the hub.
                     logger.exception("routing a message from connection %s failed", connection.number)
-                    self._terminate(connection, CLOSE_INTERNAL_ERROR, "internal error in the hub")
+                    self._terminate(connection, CloseCode.INTERNAL_ERROR, "internal error in the hub")
                     return
                 if registering and session.state is not SessionState.NEW:
                     registering = False
@@ -767,10 +760,10 @@ class Hub:
         logger.warning(
             "client %r is not reading: backlog over %d bytes, disconnecting", connection.name, self.outbox_limit
         )
-        _note(connection, f"dropped by the hub: {CLOSE_OVERLOADED} too slow: outbound backlog full")
+        _note(connection, f"dropped by the hub: {CloseCode.OVERLOADED} too slow: outbound backlog full")
         connection.out = []
         connection.out_bytes = 0
-        self._try_final(connection, CLOSE_OVERLOADED, "too slow: outbound backlog full")
+        self._try_final(connection, CloseCode.OVERLOADED, "too slow: outbound backlog full")
         self._discard(connection)
 
     def _leave_router(self, connection: HubConnection) -> None:
@@ -829,9 +822,9 @@ class Hub:
                 self._discard(connection)
         elif connection.session is None or connection.session.state is SessionState.NEW:
             if now - connection.connected_at > self.handshake_timeout:
-                self._terminate(connection, CLOSE_POLICY_VIOLATION, "no registration in time")
+                self._terminate(connection, CloseCode.POLICY_VIOLATION, "no registration in time")
         elif silence > dead_after:
-            self._cut(connection, CLOSE_POLICY_VIOLATION, f"heartbeat timeout: silent for {silence:.1f} s")
+            self._cut(connection, CloseCode.POLICY_VIOLATION, f"heartbeat timeout: silent for {silence:.1f} s")
         elif not connection.native and silence > self.heartbeat:
             # winerp 1.x clients send nothing while idle, but their websocket library
             # answers a websocket ping, and the pong counts as traffic.
@@ -848,7 +841,7 @@ class Hub:
             if connection.stage is _Stage.OPEN:
                 # winerp 1.x clients take a 1001 close for a normal one and never notice; 1012
                 # ("service restart") makes them see the drop.
-                code = CLOSE_GOING_AWAY if connection.native else CLOSE_SERVICE_RESTART
+                code = CloseCode.GOING_AWAY if connection.native else CloseCode.SERVICE_RESTART
                 self._terminate(connection, code, "hub shutting down")
             else:
                 self._discard(connection)

@@ -23,6 +23,8 @@ import os
 import struct
 from collections.abc import Callable, Iterator
 
+from .close import CloseCode
+
 __all__ = [
     "OP_CONTINUATION",
     "OP_TEXT",
@@ -52,9 +54,6 @@ OP_PING = 0x9
 OP_PONG = 0xA
 
 # Close codes used here (RFC 6455 section 7.4.1).
-CLOSE_PROTOCOL_ERROR = 1002
-CLOSE_INVALID_DATA = 1007
-CLOSE_TOO_BIG = 1009
 
 #: A fragmented message may come in at most one fragment per this many bytes of the size
 #: limit (and at least `MIN_FRAGMENTS`): each fragment costs memory and work beyond its
@@ -211,14 +210,14 @@ def _check_close(payload: bytes) -> None:
     if not payload:
         return
     if len(payload) == 1:
-        raise FrameError(CLOSE_PROTOCOL_ERROR, "a close frame body of one byte")
+        raise FrameError(CloseCode.PROTOCOL_ERROR, "a close frame body of one byte")
     code = _U16.unpack_from(payload)[0]
     if not (1000 <= code <= 1014 and code not in (1004, 1005, 1006)) and not 3000 <= code <= 4999:
-        raise FrameError(CLOSE_PROTOCOL_ERROR, f"close code {code} may not be sent")
+        raise FrameError(CloseCode.PROTOCOL_ERROR, f"close code {code} may not be sent")
     try:
         payload[2:].decode()
     except UnicodeDecodeError:
-        raise FrameError(CLOSE_INVALID_DATA, "close reason is not valid UTF-8") from None
+        raise FrameError(CloseCode.INVALID_DATA, "close reason is not valid UTF-8") from None
 
 
 def _extended_length(data: bytes, position: int, code: int) -> int:
@@ -226,13 +225,13 @@ def _extended_length(data: bytes, position: int, code: int) -> int:
     if code == 126:
         size: int = _U16.unpack_from(data, position + 2)[0]
         if size < 126:
-            raise FrameError(CLOSE_PROTOCOL_ERROR, f"a length of {size} must be sent in 7 bits")
+            raise FrameError(CloseCode.PROTOCOL_ERROR, f"a length of {size} must be sent in 7 bits")
         return size
     size = _U64.unpack_from(data, position + 2)[0]
     if size >> 63:
-        raise FrameError(CLOSE_PROTOCOL_ERROR, "a 64-bit length must have its top bit clear")
+        raise FrameError(CloseCode.PROTOCOL_ERROR, "a 64-bit length must have its top bit clear")
     if size < 65536:
-        raise FrameError(CLOSE_PROTOCOL_ERROR, f"a length of {size} must be sent in 7 or 16 bits")
+        raise FrameError(CloseCode.PROTOCOL_ERROR, f"a length of {size} must be sent in 7 or 16 bits")
     return size
 
 
@@ -347,7 +346,7 @@ class FrameReader:
                     break
                 size = _extended_length(data, position, size)
             if size > self.max_size or (opcode == OP_CONTINUATION and self._fragment_size + size > self.max_size):
-                raise FrameError(CLOSE_TOO_BIG, f"message over the limit of {self.max_size} bytes")
+                raise FrameError(CloseCode.TOO_BIG, f"message over the limit of {self.max_size} bytes")
             if masked:
                 head += 4
             total = head + size
@@ -382,24 +381,24 @@ class FrameReader:
     def _check_header(self, first: int, second: int) -> None:
         """Check what the first two bytes of a frame decide; raise `FrameError` if they break a rule."""
         if first & 0x70:
-            raise FrameError(CLOSE_PROTOCOL_ERROR, "reserved bits set (no extension was negotiated)")
+            raise FrameError(CloseCode.PROTOCOL_ERROR, "reserved bits set (no extension was negotiated)")
         opcode = first & 0x0F
         if opcode not in _DATA_OR_CONTROL:
-            raise FrameError(CLOSE_PROTOCOL_ERROR, f"unknown opcode {opcode}")
+            raise FrameError(CloseCode.PROTOCOL_ERROR, f"unknown opcode {opcode}")
         if bool(second & 0x80) != self.masked:
             raise FrameError(
-                CLOSE_PROTOCOL_ERROR, "client frames must be masked" if self.masked else "hub frames must not be"
+                CloseCode.PROTOCOL_ERROR, "client frames must be masked" if self.masked else "hub frames must not be"
             )
         if opcode >= OP_CLOSE:
             if not first & 0x80 or (second & 0x7F) > _LONGEST_CONTROL:
-                raise FrameError(CLOSE_PROTOCOL_ERROR, "control frames must be whole and at most 125 bytes")
+                raise FrameError(CloseCode.PROTOCOL_ERROR, "control frames must be whole and at most 125 bytes")
         elif opcode != OP_CONTINUATION:
             if self._fragments is not None:
-                raise FrameError(CLOSE_PROTOCOL_ERROR, "a new message began inside a fragmented one")
+                raise FrameError(CloseCode.PROTOCOL_ERROR, "a new message began inside a fragmented one")
         elif self._fragments is None:
-            raise FrameError(CLOSE_PROTOCOL_ERROR, "a continuation frame with no message to continue")
+            raise FrameError(CloseCode.PROTOCOL_ERROR, "a continuation frame with no message to continue")
         elif len(self._fragments) >= max(MIN_FRAGMENTS, self.max_size // FRAGMENT_BYTES):
-            raise FrameError(CLOSE_TOO_BIG, f"message in more than {len(self._fragments)} fragments")
+            raise FrameError(CloseCode.TOO_BIG, f"message in more than {len(self._fragments)} fragments")
 
     def _continue(self, payload: bytes, final: int, messages: list[tuple[int, bytes]]) -> None:
         assert self._fragments is not None  # checked with the frame's header
