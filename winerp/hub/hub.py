@@ -259,7 +259,7 @@ class Hub:
                         connections.flush_all(self._fail)
                     if now >= next_sweep:
                         self._sweep(now)
-                        self._connections.flush_all(self._fail)
+                        connections.flush_all(self._fail)
                         next_sweep = now + sweep_every
                 except Exception:
                     # The last net: errors of one connection are caught where they happen and
@@ -276,7 +276,10 @@ class Hub:
                 self._on_readable(connection, now)
                 return
             if events & ~IN and connection.stage is not Stage.CLOSED:
-                self._on_writable(connection)
+                if connection.stage is Stage.TLS:
+                    self._tls_handshake(connection)
+                else:
+                    connection.flush()
             if events & ~OUT and connection.stage is not Stage.CLOSED:
                 self._on_readable(connection, now)
         except Exception:  # noqa: BLE001 - a bug: logged by _fail; it costs this connection, not the hub
@@ -364,12 +367,6 @@ class Hub:
             # CLOSING, HALF_CLOSED: what still arrives is dropped until the peer closes its side.
             if connection.stage is Stage.CLOSED or not (pending is not None and pending(sock)):
                 return
-
-    def _on_writable(self, connection: HubConnection) -> None:
-        if connection.stage is Stage.TLS:
-            self._tls_handshake(connection)
-        else:
-            connection.flush()
 
     def _tls_handshake(self, connection: HubConnection) -> None:
         from . import tls  # loaded already: the hub has TLS
