@@ -19,7 +19,9 @@ from typing import Any, TypeVar, overload
 
 from .. import errors
 from ..defaults import DEFAULT_HOST, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PORT
-from .core import Backoff, ClientCore, Hooks
+from .core import ClientCore
+from .events import Hooks
+from .opening import Backoff
 
 __all__ = [
     "BaseClient",

@@ -15,18 +15,16 @@ from __future__ import annotations
 
 import concurrent.futures
 import enum
-import inspect
 import itertools
 import logging
 import os
-import random
 import ssl
 import threading
 import time
 import traceback
 import weakref
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from typing import Any
 
 from .. import errors
 from ..protocol.client import ClientProtocol, error_from_failure
@@ -47,81 +45,18 @@ from ..protocol.frames import (
 from ..wire.close import CloseCode
 from .calls import Call, CallTable, Deadline, Gathering, PeersCall, PingCall, resolve, timed_out
 from .connection import NOT_REGISTERED, Connection, ConnectionState
-from .opening import MIN_STEP, address, open_websocket
+from .events import Events, Hooks
+from .opening import MIN_STEP, Backoff, address, open_websocket
 
-__all__ = ["Backoff", "ClientCore", "Hooks", "Life"]
+__all__ = ["ClientCore", "Life"]
 
 # Named for what it logs, not for the module path: a stable name for users to configure.
 logger = logging.getLogger("winerp.client")
 
-_EVENT_NAMES = frozenset(
-    {
-        "on_winerp_connect",
-        "on_winerp_ready",
-        "on_winerp_disconnect",
-        "on_winerp_request",
-        "on_winerp_response",
-        "on_winerp_information",
-        "on_winerp_error",
-        "on_winerp_peer_join",
-        "on_winerp_peer_leave",
-    }
-)
 # Longest one connection attempt (TCP, TLS, the websocket handshake and the registration)
 # may take when `start` set no deadline; the hub gives a new connection as long.
 _ATTEMPT_TIMEOUT = 10.0
 _NO_DEADLINE = Deadline(None)
-
-
-class Hooks(Protocol):
-    """What a facade provides to the core: where user code runs."""
-
-    def run_route(
-        self,
-        handler: Callable[..., Any],
-        source: str,
-        kwargs: dict[str, Any],
-        finish: Callable[[Any, BaseException | None], None],
-    ) -> None:
-        """Run a route handler off the reader's thread, then call ``finish(value, error)``."""
-
-    def run_event(self, handler: Callable[..., Any], args: tuple[Any, ...]) -> None:
-        """Run an event handler off the reader's thread, events in the order they come."""
-
-    def lend_reader(self, fileno: int, read: Callable[[], bool]) -> Callable[[], bool] | None:
-        """Offer to read the connection whose socket is ``fileno``; None declines.
-
-        A facade whose callers wait on an event loop accepts, and calls ``read()`` whenever
-        the socket is readable, until it returns False (the connection is gone). It returns
-        a check that stays true while it can read (e.g. its loop is not closed). See
-        `winerp.client.seat`.
-        """
-
-
-class Backoff:
-    """Exponential backoff with full jitter, for reconnect attempts.
-
-    Args:
-        initial: First delay, in seconds.
-        maximum: Cap on the delay, in seconds.
-        factor: Growth per failed attempt.
-    """
-
-    def __init__(self, initial: float = 0.1, maximum: float = 3.0, factor: float = 2.0) -> None:
-        self.initial = initial
-        self.maximum = maximum
-        self.factor = factor
-        self.attempts = 0
-
-    def next_delay(self) -> float:
-        """Return the delay before the next attempt and count the attempt."""
-        ceiling = min(self.maximum, self.initial * self.factor**self.attempts)
-        self.attempts += 1
-        return random.uniform(ceiling / 2, ceiling)
-
-    def reset(self) -> None:
-        """Start over after a success."""
-        self.attempts = 0
 
 
 class Life(enum.Enum):
@@ -132,18 +67,6 @@ class Life(enum.Enum):
     GAVE_UP = "gave up"  # its thread ended: start's deadline, a refused token, a drop with reconnect off
     CLOSED = "closed"  # close() was called
     FORKED = "forked"  # the copy in a forked child: the connection is the parent's
-
-
-def _positional_capacity(handler: Callable[..., Any]) -> int | None:
-    """How many positional arguments ``handler`` takes (None: any number)."""
-    try:
-        parameters = inspect.signature(handler).parameters.values()
-    except (TypeError, ValueError):
-        return None
-    kinds = [p.kind for p in parameters]
-    if inspect.Parameter.VAR_POSITIONAL in kinds:
-        return None
-    return sum(k in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD) for k in kinds)
 
 
 # Every client core of this process, so that a forked child can disown them all.
@@ -204,7 +127,7 @@ class ClientCore:
         self.max_message_size = max_message_size
         self.backoff = backoff or Backoff()
         self.routes: dict[str, Callable[..., Any]] = {}
-        self.events: dict[str, list[tuple[Callable[..., Any], int | None]]] = {}
+        self.events = Events(hooks)
         self._hooks = hooks
         self._lock = threading.Lock()
         # Wakes the thread's pause between attempts when the client is closed.
@@ -248,25 +171,6 @@ class ClientCore:
     def forked(self) -> bool:
         """True in a forked child process: the client belongs to the parent and refuses every call."""
         return self._life is Life.FORKED
-
-    def wait_until_ready(self, timeout: float | None) -> bool:
-        """Block until ready; return False on timeout. For the sync facade.
-
-        Raises:
-            WinerpError: the client gave up (the error that ended it), at once.
-        """
-        if self.is_ready:
-            return True
-        future = self.ready_future()
-        try:
-            future.result(timeout)
-        except concurrent.futures.TimeoutError:
-            # RequestTimeout is a TimeoutError too: it may be the error the client gave up with.
-            if not future.done():
-                future.cancel()
-                return False
-            raise
-        return True
 
     def ready_future(self) -> concurrent.futures.Future[None]:
         """A future that ends when the client is next ready (at once if it is now).
@@ -388,14 +292,11 @@ class ClientCore:
 
     def add_event(self, name: str, handler: Callable[..., Any]) -> None:
         """Register an event handler under its event name. Raises `NameError` for unknown names."""
-        if name not in _EVENT_NAMES:
-            raise NameError(f"unknown event {name!r}; events are {', '.join(sorted(_EVENT_NAMES))}")
-        self.events.setdefault(name, []).append((handler, _positional_capacity(handler)))
+        self.events.add(name, handler)
 
     def emit(self, name: str, *args: Any) -> None:
-        """Hand an event to its handlers (through the facade), trimmed to what each accepts."""
-        for handler, capacity in self.events.get(name, ()):
-            self._hooks.run_event(handler, args if capacity is None else args[:capacity])
+        """Hand an event to its handlers (through the facade)."""
+        self.events.emit(name, *args)
 
     # calls
 

@@ -1,4 +1,5 @@
-"""Opening a connection to the hub: TCP, TLS and the websocket handshake, by a deadline.
+"""Opening a connection to the hub: TCP, TLS and the websocket handshake, by a deadline;
+and the pause between attempts (`Backoff`).
 
 websocket-client only opens the connection; from then on `winerp.client.connection` reads
 and writes the raw socket itself.
@@ -6,6 +7,7 @@ and writes the raw socket itself.
 
 from __future__ import annotations
 
+import random
 import socket
 import ssl
 import threading
@@ -17,11 +19,37 @@ from ..protocol.frames import SUBPROTOCOL
 from ..wire.handshake import TOKEN_HEADER
 from .calls import Deadline
 
-__all__ = ["MIN_STEP", "address", "open_websocket", "shut"]
+__all__ = ["MIN_STEP", "Backoff", "address", "open_websocket", "shut"]
 
 # Shortest time a step of an opening is given: a last attempt made at a start deadline
 # still gets to hear a refusal.
 MIN_STEP = 0.05
+
+
+class Backoff:
+    """Exponential backoff with full jitter, for reconnect attempts.
+
+    Args:
+        initial: First delay, in seconds.
+        maximum: Cap on the delay, in seconds.
+        factor: Growth per failed attempt.
+    """
+
+    def __init__(self, initial: float = 0.1, maximum: float = 3.0, factor: float = 2.0) -> None:
+        self.initial = initial
+        self.maximum = maximum
+        self.factor = factor
+        self.attempts = 0
+
+    def next_delay(self) -> float:
+        """Return the delay before the next attempt and count the attempt."""
+        ceiling = min(self.maximum, self.initial * self.factor**self.attempts)
+        self.attempts += 1
+        return random.uniform(ceiling / 2, ceiling)
+
+    def reset(self) -> None:
+        """Start over after a success."""
+        self.attempts = 0
 
 
 def address(host: str, port: int) -> str:

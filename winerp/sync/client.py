@@ -69,8 +69,17 @@ class Client(BaseClient):
                 connection dropped with ``reconnect=False``, or it was closed): that error,
                 at once, whatever ``timeout`` is.
         """
-        if not self._core.wait_until_ready(timeout):
-            raise errors.RequestTimeout(f"client {self.name!r} not ready within {timeout} s")
+        if self._core.is_ready:
+            return
+        ready = self._core.ready_future()
+        try:
+            ready.result(timeout)
+        except concurrent.futures.TimeoutError:
+            # RequestTimeout is a TimeoutError too: it may be the error the client gave up with.
+            if ready.done():
+                raise
+            ready.cancel()
+            raise errors.RequestTimeout(f"client {self.name!r} not ready within {timeout} s") from None
 
     def close(self) -> None:
         """Leave the hub; requests in flight fail with `ConnectionLost`. Idempotent."""
