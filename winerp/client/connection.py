@@ -7,9 +7,9 @@ the client core, which knows what frames mean.
 
 Its life, one state (`ConnectionState`)::
 
-    OPEN --Hello sent--> REGISTERING --Welcome--> HELD <--> READY
-      \\___________________\\__________________________\\______\\__ any --> CLOSING --> CLOSED
-                                                               (or straight to CLOSED)
+    OPEN --Hello sent--> REGISTERING --Welcome--> HELD or READY (a later Welcome: READY)
+    any of those --close_with(): our close frame--> CLOSING --> CLOSED
+    any of those --close(): a drop, the hub's close, a failed write--> CLOSED
 
 Lock order on the client side (a thread holding one lock may take only locks below it)::
 
