@@ -201,7 +201,7 @@ def test_the_hubs_close_frame_is_answered_then_the_connection_closes(
     connection, hub, owner = pair
     hub.send(OP_CLOSE, close_payload(CloseCode.GOING_AWAY, "restarting"))
     deadline = time.monotonic() + PROMPT
-    while connection.alive and time.monotonic() < deadline:
+    while connection.state is not ConnectionState.CLOSED and time.monotonic() < deadline:
         connection.read_available()
     assert connection.state is ConnectionState.CLOSED and owner.closed == [connection]
     assert (connection.close_code, connection.close_reason) == (CloseCode.GOING_AWAY, "restarting")
@@ -213,7 +213,7 @@ def test_a_text_message_fails_the_connection_with_1002(pair: tuple[Connection, H
     connection, hub, _ = pair
     hub.send(OP_TEXT, b"{}")
     deadline = time.monotonic() + PROMPT
-    while connection.alive and time.monotonic() < deadline:
+    while connection.state is not ConnectionState.CLOSED and time.monotonic() < deadline:
         connection.read_available()
     assert connection.state is ConnectionState.CLOSED
     opcode, payload = hub.receive()

@@ -162,11 +162,6 @@ class Connection:
 
     # state
 
-    @property
-    def alive(self) -> bool:
-        """True until the connection is CLOSED."""
-        return self.state is not ConnectionState.CLOSED
-
     def _move(self, new: ConnectionState, *allowed: ConnectionState) -> bool:
         """Go to ``new`` if the state is one of ``allowed``; True if it did."""
         with self._state_lock:
