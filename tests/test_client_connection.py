@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import websocket
 
+import winerp
 from winerp.client.calls import Deadline
 from winerp.client.connection import NOT_REGISTERED, Connection, ConnectionState
 from winerp.client.seat import ReaderSeat, SeatState
@@ -23,6 +24,11 @@ from winerp.protocol.client import ClientProtocol
 from winerp.protocol.frames import Frame, Pong, Welcome, encode_frame
 from winerp.wire.close import CloseCode
 from winerp.wire.websocket import OP_BINARY, OP_CLOSE, OP_TEXT, FrameReader, close_payload, parse_close, server_frame
+
+try:
+    from conftest import wait_for
+except ImportError:  # run from the repository root as a package
+    from tests.conftest import wait_for
 
 PROMPT = 5.0  # generous: "at once" on a loaded machine
 
@@ -260,3 +266,87 @@ def test_serve_ends_at_once_when_closed_from_another_thread_while_a_guest_reads(
     thread.join(PROMPT)
     assert not thread.is_alive()
     assert reads[0]() is False  # the guest learns that the connection is gone
+
+
+# --- closing a client while it connects -----------------------------------------------------
+
+
+class HeldProxy:
+    """A TCP relay to the hub that holds its first connection until released."""
+
+    def __init__(self, hub_port: int) -> None:
+        self._hub_port = hub_port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self.accepted = threading.Event()
+        self.release = threading.Event()
+        self._sockets: list[socket.socket] = [self._listener]
+        threading.Thread(target=self._relay, daemon=True).start()
+
+    def _relay(self) -> None:
+        client, _ = self._listener.accept()
+        self._sockets.append(client)
+        self.accepted.set()
+        self.release.wait(PROMPT * 2)
+        upstream = socket.create_connection(("127.0.0.1", self._hub_port))
+        self._sockets.append(upstream)
+        threading.Thread(target=self._pipe, args=(upstream, client), daemon=True).start()
+        self._pipe(client, upstream)
+
+    @staticmethod
+    def _pipe(source: socket.socket, target: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                target.sendall(data)
+            target.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.release.set()
+        for sock in self._sockets:
+            sock.close()
+
+
+def test_a_client_closed_while_it_connects_does_not_register_afterwards(hub: winerp.Hub) -> None:
+    """close() during the opening: the connection that opens after it is closed, not served.
+
+    Before the fix the client's thread went on to register and serve that connection, and
+    close() returned only when its wait for the thread gave up (5 s), leaving the thread.
+    """
+    proxy = HeldProxy(hub.port)
+    client = winerp.sync.Client("late", port=proxy.port, reconnect=False)
+    outcome: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            client.start()
+        except winerp.WinerpError as exc:
+            outcome.append(exc)
+
+    starter = threading.Thread(target=start, daemon=True)
+    starter.start()
+    try:
+        assert proxy.accepted.wait(PROMPT)  # the client's opening handshake is held
+        closer = threading.Thread(target=client.close, daemon=True)
+        closer.start()
+
+        def closed() -> bool:
+            try:
+                client.wait_until_ready(0)
+            except winerp.ClientNotReadyError:
+                return True
+            except winerp.RequestTimeout:
+                return False
+            return False
+
+        wait_for(closed, timeout=PROMPT)  # close() has begun
+        proxy.release.set()  # the handshake completes now, after close()
+        closer.join(PROMPT)
+        assert not closer.is_alive()
+        assert "winerp-reader-late" not in [thread.name for thread in threading.enumerate()]
+        assert "late" not in hub.clients
+        starter.join(PROMPT)
+        assert len(outcome) == 1 and isinstance(outcome[0], winerp.ClientNotReadyError)
+    finally:
+        proxy.close()
