@@ -65,7 +65,7 @@ class Registry:
         ttl: Seconds an entry lives without a refresh.
     """
 
-    def __init__(self, js: Any, cluster: str, hub_id: str, ttl: float = 6.0) -> None:
+    def __init__(self, js: Any, cluster: str, hub_id: str, ttl: float = 4.5) -> None:
         self.js = js
         self.cluster = cluster
         self.hub_id = hub_id
@@ -113,10 +113,13 @@ class Registry:
         key = name_key(name)
         value = _encode(record)
         async with self._lock:
-            held = self.owned.get(key)
+            held = self.owned.pop(key, None)
             if held is not None:
-                self.owned[key] = (value, await self.kv.update(key, value, last=held[1]))
-                return
+                try:
+                    self.owned[key] = (value, await self.kv.update(key, value, last=held[1]))
+                    return
+                except KeyWrongLastSequenceError:
+                    pass  # gone meanwhile (expired, or a restarted server): claimed afresh below
             for _attempt in range(3):
                 try:
                     self.owned[key] = (value, await self.kv.create(key, value))
@@ -156,6 +159,15 @@ class Registry:
             held = self.owned.pop(key, None)
             if held is not None:
                 await self.kv.delete(key, last=held[1])
+
+    async def release_all(self) -> None:
+        """Give up every key this hub holds (it is stopping)."""
+        async with self._lock:
+            owned, self.owned = self.owned, {}
+            await asyncio.gather(
+                *(self.kv.delete(key, last=revision) for key, (_value, revision) in owned.items()),
+                return_exceptions=True,
+            )
 
     async def refresh(self) -> list[str]:
         """Renew every key this hub holds; return the names lost meanwhile to another hub."""
