@@ -90,7 +90,10 @@ def running_nats(tmp_path: Path) -> Iterator[NatsServer]:
 
 
 def hub_process(nats_url: str, *extra: str, cluster_name: str = "test") -> tuple[subprocess.Popen[str], int]:
-    """Start ``winerp-hub --cluster`` in its own process on a free port; return it and the port."""
+    """Start ``winerp-hub --cluster`` in its own process on a free port; return it and the port.
+
+    Returns once the hub has joined the cluster.
+    """
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     process = subprocess.Popen(
@@ -112,5 +115,10 @@ def hub_process(nats_url: str, *extra: str, cluster_name: str = "test") -> tuple
         text=True,
         env=env,
     )
-    wait_port(port)
+    # The hub prints this line once it has joined the cluster (its port is bound before).
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    if "listening" not in line:
+        process.kill()
+        raise RuntimeError(f"the hub did not start: {line}{process.communicate()[1]}")
     return process, port

@@ -62,12 +62,14 @@ class Hubs:
         for process in self.processes:
             if process.poll() is None:
                 process.terminate()
-        for process in self.processes:
+        for index, process in enumerate(self.processes):
             try:
-                process.communicate(timeout=10)
+                _, err = process.communicate(timeout=10)
             except subprocess.TimeoutExpired:
                 process.kill()
-                process.communicate()
+                _, err = process.communicate()
+            # Shown by pytest when a test fails.
+            print(f"--- hub {index} (port {self.ports[index]}, exit {process.returncode}) ---\n{err}")
 
 
 @pytest.fixture(scope="module")
@@ -376,6 +378,49 @@ def test_nats_away_local_calls_go_on_cross_calls_fail_at_once_then_heal(nats: Na
         assert "server-7" in far.peers()
     finally:
         hubs.stop()
+
+
+def test_after_an_outage_a_name_has_one_owner(nats: NatsServer, started: Started) -> None:
+    hubs = Hubs(nats, 2, cluster_name="twins")
+    try:
+        a, b = hubs.ports
+        watcher = started("watcher-8", a)
+        watcher.start(timeout=10)
+        nats.kill()
+        wait_for(lambda: _unreachable(watcher), timeout=10)
+        # With NATS away each hub serves its own: both take the name.
+        left = started("twin-8", a)
+        left.route("side")(lambda source: "a")
+        left.start(timeout=10)
+        right = started("twin-8", b)
+        right.route("side")(lambda source: "b")
+        right.start(timeout=10)
+        assert left.is_ready and right.is_ready
+        nats.start()
+        # Healed: one holds the name, the other waits on hold; calls from either hub agree.
+        wait_for(lambda: left.on_hold != right.on_hold and (left.is_ready or right.is_ready), timeout=20)
+        holder = "a" if not left.on_hold else "b"
+        caller = started("caller-8", b)
+        caller.start(timeout=10)
+        wait_for(lambda: _answers_side(caller) == holder and _answers_side(watcher) == holder, timeout=15)
+        assert left.on_hold != right.on_hold
+    finally:
+        hubs.stop()
+
+
+def _unreachable(client: Client) -> bool:
+    try:
+        client.request("x", "absent-8", timeout=5)
+    except winerp.WinerpError as exc:
+        return "cluster is unreachable" in str(exc)
+    return False
+
+
+def _answers_side(caller: Client) -> Any:
+    try:
+        return caller.request("side", "twin-8", timeout=5)
+    except winerp.WinerpError:
+        return None
 
 
 def _heals(far: Client) -> bool:

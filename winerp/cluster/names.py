@@ -150,6 +150,8 @@ class Registry:
             return None, 0
         if not entry.value:
             return None, int(entry.revision)
+        if key.startswith(HUB_PREFIX):
+            return key[len(HUB_PREFIX) :], int(entry.revision)
         return decode_name_record(entry.value).hub, int(entry.revision)
 
     async def release(self, name: str) -> None:
@@ -180,10 +182,19 @@ class Registry:
             async def renew(key: str, value: bytes, revision: int) -> None:
                 try:
                     self.owned[key] = (value, await self.kv.update(key, value, last=revision))
+                    return
                 except KeyWrongLastSequenceError:
-                    self.owned.pop(key, None)
-                    if key.startswith(NAME_PREFIX):
-                        lost.append(decode_name(key[len(NAME_PREFIX) :]))
+                    owner, latest = await self._owner(key)
+                if owner is None or owner == self.hub_id:
+                    # Aged out or gone with a restarted server, and no one took it: ours again.
+                    try:
+                        self.owned[key] = (value, await self.kv.update(key, value, last=latest))
+                        return
+                    except KeyWrongLastSequenceError:
+                        pass
+                self.owned.pop(key, None)
+                if key.startswith(NAME_PREFIX):
+                    lost.append(decode_name(key[len(NAME_PREFIX) :]))
 
             await asyncio.gather(*(renew(key, value, revision) for key, (value, revision) in keys))
         return lost
