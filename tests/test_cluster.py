@@ -456,3 +456,79 @@ def test_unreachable_cluster_fails_the_hub_command_with_one_line(tmp_path: Path)
     )
     assert result.returncode == 1
     assert "cannot reach the cluster" in result.stderr
+
+
+def test_a_client_with_several_hubs_fails_over_with_its_name_and_routes(nats: NatsServer, started: Started) -> None:
+    hubs = Hubs(nats, 3, cluster_name="failover")
+    try:
+        a, b, c = hubs.ports
+        roamer = started("roamer-9", 0, hubs=[f"127.0.0.1:{a}", f"ws://127.0.0.1:{b}", f"127.0.0.1:{c}"])
+        readies: list[float] = []
+        roamer.route("where")(lambda source: "here")
+
+        @roamer.event
+        def on_winerp_ready() -> None:
+            readies.append(time.monotonic())
+
+        roamer.start(timeout=10)
+        caller = started("caller-9", c)
+        caller.start(timeout=10)
+        wait_for(lambda: _answers_where(caller) == "here", timeout=10)
+        killed = time.monotonic()
+        hubs.kill(0)
+        # Ready again, on the next hub, within 10 s; callers on a third hub reach it there.
+        wait_for(lambda: len(readies) == 2 and roamer.is_ready, timeout=10)
+        assert readies[1] - killed < 10
+        wait_for(lambda: _answers_where(caller) == "here", timeout=10)
+        assert "roamer-9" in caller.peers()
+    finally:
+        hubs.stop()
+
+
+def _answers_where(caller: Client) -> Any:
+    try:
+        return caller.request("where", "roamer-9", timeout=5)
+    except winerp.WinerpError:
+        return None
+
+
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [
+        ("127.0.0.1:13255", ("127.0.0.1", 13255, False)),
+        ("ws://example.org:80", ("example.org", 80, False)),
+        ("wss://example.org:13254/", ("example.org", 13254, True)),
+        ("[::1]:9000", ("::1", 9000, False)),
+        ("localhost", ("localhost", 13254, False)),
+    ],
+)
+def test_hub_addresses(address: str, expected: tuple[str, int, bool]) -> None:
+    from winerp.client.core import hub_address
+
+    host, port, context = hub_address(address)
+    assert (host, port, context is not None) == expected
+
+
+@pytest.mark.parametrize("address", ["http://x:1", "x:notaport", "", "ws://x:1/path", "x:99999"])
+def test_bad_hub_addresses_fail_at_once(address: str) -> None:
+    with pytest.raises(ValueError, match="invalid hub address"):
+        Client("bad", hubs=[address])
+    with pytest.raises(ValueError):
+        winerp.aio.Client("bad", hubs=[])
+
+
+def test_aio_client_takes_the_first_hub_that_answers(hub: winerp.Hub) -> None:
+    from cluster_tools import free_port
+
+    async def main() -> None:
+        client = winerp.aio.Client("first-10", hubs=[f"127.0.0.1:{free_port()}", f"127.0.0.1:{hub.port}"])
+        began = time.monotonic()
+        await client.start(timeout=10)
+        try:
+            assert client.is_ready
+            assert time.monotonic() - began < 2  # the refused one costs no backoff
+            assert "first-10" in hub.clients
+        finally:
+            await client.close()
+
+    asyncio.run(main())

@@ -282,6 +282,33 @@ def _resolve(future: concurrent.futures.Future[Any], value: Any = None, error: B
     return True
 
 
+def hub_address(address: str, ssl_context: ssl.SSLContext | None = None) -> tuple[str, int, ssl.SSLContext | None]:
+    """``(host, port, TLS context)`` of one ``hubs=`` entry: ``host:port``, ``ws://...`` or ``wss://...``.
+
+    A ``wss://`` address uses ``ssl_context``, or the system's default context; ``host:port``
+    uses ``ssl_context`` if given; ``ws://`` never TLS.
+
+    Raises:
+        ValueError: not an address.
+    """
+    from urllib.parse import urlsplit
+
+    from ..defaults import DEFAULT_PORT
+
+    text = address.strip() if isinstance(address, str) else ""
+    url = urlsplit(text if "://" in text else f"ws://{text}")
+    try:
+        port = url.port or DEFAULT_PORT
+    except ValueError:
+        port = -1
+    if url.scheme not in ("ws", "wss") or not url.hostname or port < 0 or url.path not in ("", "/"):
+        raise ValueError(f"invalid hub address {address!r}: use host:port, ws://host:port or wss://host:port")
+    if url.scheme == "wss":
+        return url.hostname, port, ssl_context or ssl.create_default_context()
+    # host:port takes the client's ssl_context, as host= and port= do; ws:// is plain.
+    return url.hostname, port, ssl_context if "://" not in text else None
+
+
 def _attempt_deadline(start_deadline: float | None) -> float:
     """When one connection attempt must be over: by ``start``'s deadline, if it has one."""
     now = time.monotonic()
@@ -412,6 +439,9 @@ class ClientCore:
         reconnect: Come back after a dropped connection.
         max_message_size: Largest message this client sends; a smaller limit announced by the hub wins.
         backoff: Reconnect delays.
+        hubs: Hub addresses (``host:port``, ``ws://host:port``, ``wss://host:port``) to use
+            instead of ``host`` and ``port``: the client connects to the first that answers
+            and, when its hub goes away, to the next one, in order, round and round.
     """
 
     def __init__(
@@ -426,6 +456,7 @@ class ClientCore:
         reconnect: bool = True,
         max_message_size: int = 8 * 1024 * 1024,
         backoff: Backoff | None = None,
+        hubs: Iterable[str] | None = None,
     ) -> None:
         problem = name_problem(name)
         if problem is not None:
@@ -436,6 +467,15 @@ class ClientCore:
         self.port = port
         self.token = token if token is not None else (os.environ.get("WINERP_TOKEN") or None)
         self.ssl_context = ssl_context
+        #: Where to connect, in order: ``(host, port, TLS context)``; the first is in use.
+        self._hubs = [hub_address(address, ssl_context) for address in hubs] if hubs is not None else []
+        if hubs is not None and not self._hubs:
+            raise ValueError("hubs: give at least one hub address")
+        if self._hubs:
+            self.host, self.port, self.ssl_context = self._hubs[0]
+        self._hub_index = 0
+        #: Failed attempts since the last connection: the backoff waits once per round of hubs.
+        self._failures = 0
         self.reconnect = reconnect
         self.max_message_size = max_message_size
         self.backoff = backoff or Backoff()
@@ -825,17 +865,24 @@ class ClientCore:
                 if not self.reconnect:
                     return errors.ConnectionLost("the connection to the hub dropped (reconnect is off)")
                 delay = 0.05 if connection.close_code == CloseCode.GOING_AWAY else self.backoff.next_delay()
-                logger.info("client %r: reconnecting in %.1f s", self.name, delay)
+                self._failures = 0
+                if self._next_hub():
+                    delay = 0.05  # another hub: no reason to wait
+                logger.info("client %r: reconnecting in %.1f s to %s", self.name, delay, self._address())
             else:
                 assert failure is not None
                 if self._gives_up(failure, starting, start_deadline):
                     logger.info("client %r: gave up connecting to %s: %s", self.name, self._address(), failure)
                     return failure
-                delay = self.backoff.next_delay()
+                address = self._address()
+                self._failures += 1
+                # With several hubs, the next one is tried at once; the backoff counts rounds.
+                delay = self.backoff.next_delay() if self._failures % max(1, len(self._hubs)) == 0 else 0.0
+                self._next_hub()
                 logger.warning(
                     "client %r: cannot connect to the hub at %s: %s; next attempt in %.1f s",
                     self.name,
-                    self._address(),
+                    address,
                     failure,
                     delay,
                 )
@@ -889,6 +936,14 @@ class ClientCore:
 
     def _address(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    def _next_hub(self) -> bool:
+        """Move to the next of several hubs (reader thread only); False when there is one."""
+        if len(self._hubs) < 2:
+            return False
+        self._hub_index = (self._hub_index + 1) % len(self._hubs)
+        self.host, self.port, self.ssl_context = self._hubs[self._hub_index]
+        return True
 
     def _pause(self, delay: float, deadline: float | None) -> None:
         if deadline is not None:
