@@ -532,3 +532,34 @@ def test_aio_client_takes_the_first_hub_that_answers(hub: winerp.Hub) -> None:
             await client.close()
 
     asyncio.run(main())
+
+
+@pytest.mark.legacy
+def test_winerp_1x_clients_take_part(two_hubs: Hubs, started: Started, tmp_path: Path) -> None:
+    try:
+        from legacy_env import LegacyEnvUnavailable, legacy_python
+        from test_legacy_interop import LegacyClient
+    except ImportError:  # tests/ is a package
+        from tests.legacy_env import LegacyEnvUnavailable, legacy_python
+        from tests.test_legacy_interop import LegacyClient
+    try:
+        python = legacy_python()
+    except LegacyEnvUnavailable as exc:
+        pytest.skip(f"winerp 1.5.0 virtualenv unavailable: {exc}")
+    a, b = two_hubs.ports
+    old = LegacyClient(python, "legacy-11", a, tmp_path)
+    try:
+        old.event("ready", timeout=20)
+        new = started("new-11", b)
+        new.route("double")(lambda source, x: 2 * x)
+        new.start(timeout=10)
+        wait_for(lambda: "legacy-11" in new.peers(), timeout=10)
+        # New (hub B) -> 1.x (hub A), and 1.x -> new, across the hubs.
+        assert new.request("add", "legacy-11", a=2, b=3, timeout=10) == 5
+        assert old.request("double", "new-11", x=21) == 42
+        new.inform({"n": 1}, "legacy-11")
+        assert old.event("information", timeout=10)["data"] == {"n": 1}
+        with pytest.raises(errors.ClientRuntimeError):
+            new.request("boom", "legacy-11", timeout=10)
+    finally:
+        old.close()
