@@ -20,6 +20,12 @@ responder all compete), so this shows ratios within one run, not aggregate scali
 hubs add capacity only where there are cores for them.
 
     python benchmarks/bench_cluster.py [--rounds 3] [--rtt 1000] [--calls 5000]
+
+``--failures N`` measures failures instead, N times each: a hub SIGKILLed with a call in flight
+to one of its clients (time to ``PeerDisconnected`` at the caller on another hub; time until
+the name is free, i.e. a client taking it on another hub is ready; time until a client with
+``hubs=[dead, alive]`` is ready again), and the NATS server SIGKILLed (time until a cross-hub
+call fails, saying the cluster is unreachable).
 """
 
 from __future__ import annotations
@@ -187,14 +193,107 @@ def report(results: dict[str, dict[str, list[float]]], args: argparse.Namespace)
     print(f"cross hub / plain NATS, RTT p50:         {cross['rtt'] / medians['plain NATS']['rtt']:.2f}")
 
 
+def failure_trial(nats_url: str) -> dict[str, float]:
+    import signal
+    import threading
+
+    from winerp.sync import Client
+
+    (dead, dead_port), (alive, alive_port) = start_hub(nats_url), start_hub(nats_url)
+    clients: list[Client] = []
+    release = threading.Event()
+    try:
+        held = Client("held", port=dead_port, reconnect=False)
+        held.route("wait")(lambda source: release.wait(60))
+        roamer = Client("roamer", hubs=[f"127.0.0.1:{dead_port}", f"127.0.0.1:{alive_port}"])
+        caller = Client("caller", port=alive_port)
+        clients += [held, roamer, caller]
+        for client in clients:
+            client.start(timeout=15)
+        while not {"held", "roamer"} <= set(caller.peers()):
+            time.sleep(0.01)
+        roamer_ready: list[float] = []
+
+        @roamer.event
+        def on_winerp_ready() -> None:
+            roamer_ready.append(time.monotonic())
+
+        ended: list[float] = []
+
+        def call() -> None:
+            try:
+                caller.request("wait", "held", timeout=60)
+            except winerp.PeerDisconnected:
+                ended.append(time.monotonic())
+
+        thread = threading.Thread(target=call)
+        thread.start()
+        time.sleep(0.3)
+        killed = time.monotonic()
+        dead.send_signal(signal.SIGKILL)
+        dead.wait(10)
+        thread.join(30)
+        taker = Client("held", port=alive_port)
+        clients.append(taker)
+        taker.start(timeout=15)
+        while taker.on_hold:
+            time.sleep(0.01)
+        free = time.monotonic()
+        while not roamer_ready or not roamer.is_ready:
+            time.sleep(0.01)
+        return {
+            "PeerDisconnected after a hub's SIGKILL (s)": ended[0] - killed,
+            "its names free (s)": free - killed,
+            "hubs=[...] client ready again (s)": roamer_ready[-1] - killed,
+        }
+    finally:
+        release.set()
+        for client in clients:
+            client.close()
+        for process in (dead, alive):
+            if process.poll() is None:
+                process.terminate()
+                process.wait(10)
+
+
+def measure_failures(count: int, server: str, store: str) -> None:
+    results: dict[str, list[float]] = {}
+    for _ in range(count):
+        port = free_port()
+        nats_server = subprocess.Popen(
+            [server, "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", store],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            time.sleep(0.5)
+            for key, value in failure_trial(f"nats://127.0.0.1:{port}").items():
+                results.setdefault(key, []).append(value)
+        finally:
+            nats_server.kill()
+            nats_server.wait(10)
+    print(f"\n{count} trials: median (min - max)\n")
+    print("| failure | median | min | max |")
+    print("|---|---:|---:|---:|")
+    for key, values in results.items():
+        print(f"| {key} | {statistics.median(values):.2f} | {min(values):.2f} | {max(values):.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rtt", type=int, default=1000, help="lone calls per RTT sample")
     parser.add_argument("--calls", type=int, default=5000, help="calls per throughput sample")
+    parser.add_argument("--failures", type=int, default=0, help="measure failure timings, this many times each")
     args = parser.parse_args()
     server = shutil.which("nats-server") or str(Path(sys.executable).parent / "nats-server")
     store = tempfile.mkdtemp(prefix="winerp-bench-nats-")
+    if args.failures:
+        try:
+            measure_failures(args.failures, server, store)
+        finally:
+            shutil.rmtree(store, ignore_errors=True)
+        return
     nats_port = free_port()
     nats_url = f"nats://127.0.0.1:{nats_port}"
     processes: list[subprocess.Popen[Any]] = []
