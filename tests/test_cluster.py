@@ -156,6 +156,10 @@ def test_calls_informs_and_errors_cross_hubs(two_hubs: Hubs, started: Started) -
     assert bob.ping("alice-1", timeout=10) is True
     assert bob.ping("nobody-1", timeout=10) is False
     assert bob.peers(routes=True)["alice-1"] == ["boom", "echo", "hello"]
+    from winerp.sync.client import hub_status
+
+    # The hub's own clients only; its cluster's in "hubs".
+    assert [c["name"] for c in hub_status(bob, timeout=10)["clients"]] == ["bob-1"]
     bob.inform({"to": "alice"}, "alice-1")
     bob.inform("everyone")
     wait_for(lambda: len(informed) == 2, timeout=10)

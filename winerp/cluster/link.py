@@ -145,6 +145,10 @@ class ClusterRouter(Router):
         #: Local sessions waiting for the cluster's answer to their claim, by name.
         self.claiming: dict[str, Session] = {}
 
+    def ready_names(self) -> list[str]:
+        """Names of this hub's own ready clients (`Hub.clients`); ``peers`` covers the cluster."""
+        return sorted(name for name, s in self._by_name.items() if not isinstance(s, RemoteSession))
+
     def status(self) -> dict[str, Any]:
         status = super().status()
         status["hubs"] = self.link.hubs_status()
