@@ -362,6 +362,9 @@ def test_nats_away_local_calls_go_on_cross_calls_fail_at_once_then_heal(nats: Na
         far.start(timeout=10)
         wait_for(lambda: "server-7" in far.peers(), timeout=10)
         assert far.request("inc", "server-7", x=1, timeout=10) == 2
+        twin = started("server-7", b)
+        twin.start(timeout=10)
+        assert twin.on_hold
         nats.kill()
         began = time.monotonic()
         # Cross-hub: a clear error at once, never the timeout.
@@ -377,9 +380,12 @@ def test_nats_away_local_calls_go_on_cross_calls_fail_at_once_then_heal(nats: Na
         assert time.monotonic() - began < 10
         # Same hub: goes on.
         assert near.request("inc", "server-7", x=5, timeout=10) == 6
+        # A client on hold for a name held on another hub stays on hold: its holder lives on.
+        assert twin.on_hold
         nats.start()
         wait_for(lambda: _heals(far), timeout=20)
         assert "server-7" in far.peers()
+        assert twin.on_hold
     finally:
         hubs.stop()
 

@@ -573,7 +573,11 @@ class ClusterLink:
                     requester.awaiting.pop(request_id, None)
                     router._fail(out, requester, request_id, session.name, ErrorCode.PEER_DISCONNECTED, UNREACHABLE)
                 session.serving.clear()
+                # Clients on hold for its name stay on hold: its holder may well live on.
+                waiting = router._held.pop(session.name, None)
                 out.extend(router.close(session))
+                if waiting:
+                    router._held[session.name] = waiting
         if out:
             self._deliver(out)
 
@@ -599,6 +603,11 @@ class ClusterLink:
                     self.bridge.deliver(self._on_claimed, (session, exc))
                 else:
                     self.bridge.deliver(self._mark_claimed, session.name)
+            # Names whose holder has not come back: to the clients waiting for them, but only
+            # after every hub had the time to claim its own again (a restarted NATS server may
+            # have lost every key: a holder that lives on must keep its name).
+            await asyncio.sleep(self.ttl)
+            self.bridge.deliver(self._promote_waiting, None)
 
         def healed(result: Any) -> None:
             if isinstance(result, BaseException):
@@ -612,6 +621,15 @@ class ClusterLink:
             await asyncio.sleep(1.0)
 
         self.bridge.submit(wait, lambda _: self._on_up(None) if self.bridge.connected else None)
+
+    def _promote_waiting(self, _: Any) -> None:
+        """After the snapshot of a heal: names with local clients on hold and no holder go to them."""
+        with self._lock:
+            out: Output = []
+            for name in list(self.router._held):
+                self.router._promote(out, name)
+        if out:
+            self._deliver(out)
 
     def _mark_claimed(self, name: str) -> None:
         self.claimed.add(name)
