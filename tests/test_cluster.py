@@ -573,3 +573,24 @@ def test_winerp_1x_clients_take_part(two_hubs: Hubs, started: Started, tmp_path:
             new.request("boom", "legacy-11", timeout=10)
     finally:
         old.close()
+
+
+def test_env_joins_a_cluster_and_other_cluster_names_never_meet(
+    two_hubs: Hubs, started: Started, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, _ = two_hubs.ports
+    started("visible-12", a).start(timeout=10)
+    started("seen-12", a).start(timeout=10)
+    monkeypatch.setenv("WINERP_CLUSTER", two_hubs.nats.url)
+    with winerp.Hub(port=0, cluster_name="elsewhere") as other, winerp.Hub(port=0) as plain:
+        assert other.status()["hubs"][0]["this"] is True
+        apart = started("visible-12", other.port)
+        apart.start(timeout=10)
+        # The same name, in another cluster on the same NATS server: not on hold, not seen.
+        assert not apart.on_hold
+        assert "seen-12" not in apart.peers()
+        assert other.clients == ["visible-12"]
+        assert "hubs" in plain.status()  # the environment applies to every hub of the process
+    monkeypatch.delenv("WINERP_CLUSTER")
+    with winerp.Hub(port=0) as alone:
+        assert "hubs" not in alone.status()
