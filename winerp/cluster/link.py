@@ -54,6 +54,7 @@ from .subjects import (
     check_cluster_name,
     decode_name,
     hub_subject,
+    name_key,
     new_hub_id,
 )
 
@@ -512,7 +513,7 @@ class ClusterLink:
             out: Output = []
             names = {k for k in keys if k.startswith(NAME_PREFIX)}
             for name, session in list(self.router._by_name.items()):
-                if isinstance(session, RemoteSession) and _name_key(name) not in names:
+                if isinstance(session, RemoteSession) and name_key(name) not in names:
                     out.extend(self.router.close(session))
             self.hubs = {}
             for key, value in keys.items():
@@ -633,9 +634,3 @@ class ClusterLink:
 
     def _mark_claimed(self, name: str) -> None:
         self.claimed.add(name)
-
-
-def _name_key(name: str) -> str:
-    from .subjects import name_key
-
-    return name_key(name)
