@@ -51,6 +51,8 @@ class NatsServer:
     def __init__(self, directory: Path, port: int | None = None) -> None:
         self.directory = directory
         self.port = port or free_port()
+        #: NATS's HTTP monitoring port (``/varz`` counts the messages it carried).
+        self.monitor_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -59,11 +61,30 @@ class NatsServer:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.directory)],
+            [
+                nats_server_binary(),
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-m",
+                str(self.monitor_port),
+                "-sd",
+                str(self.directory),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         wait_port(self.port)
+
+    def messages_in(self) -> int:
+        """How many messages NATS has received so far (its ``/varz`` ``in_msgs``)."""
+        import json
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.monitor_port}/varz", timeout=5) as response:
+            return int(json.load(response)["in_msgs"])
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:

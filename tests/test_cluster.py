@@ -166,6 +166,29 @@ def test_calls_informs_and_errors_cross_hubs(two_hubs: Hubs, started: Started) -
     assert informed == [({"to": "alice"}, "bob-1"), ("everyone", "bob-1")]
 
 
+def test_calls_between_clients_of_one_hub_never_leave_it(two_hubs: Hubs, started: Started) -> None:
+    a, b = two_hubs.ports
+    server = started("local-server-13", a)
+    server.route("inc")(lambda source, x: x + 1)
+    server.start(timeout=10)
+    caller = started("local-caller-13", a)
+    caller.start(timeout=10)
+    remote = started("remote-caller-13", b)
+    remote.start(timeout=10)
+    wait_for(lambda: "local-server-13" in remote.peers(), timeout=10)
+    before = two_hubs.nats.messages_in()
+    for x in range(300):
+        assert caller.request("inc", "local-server-13", x=x, timeout=10) == x + 1
+    caller.inform("hi", "local-server-13")
+    local = two_hubs.nats.messages_in() - before
+    # Only the hubs' own lease renewals (a few a second) went through NATS meanwhile.
+    assert local < 100, local
+    before = two_hubs.nats.messages_in()
+    for x in range(300):
+        assert remote.request("inc", "local-server-13", x=x, timeout=10) == x + 1
+    assert two_hubs.nats.messages_in() - before >= 600  # the same across hubs: each way over NATS
+
+
 def test_request_many_and_presence_cover_the_cluster(two_hubs: Hubs, started: Started) -> None:
     a, b = two_hubs.ports
     joined: list[str] = []
