@@ -40,7 +40,6 @@ from ..protocol.frames import (
     Information,
     Ping,
     Pong,
-    Presence,
     Request,
     Response,
 )
@@ -498,14 +497,14 @@ class ClusterLink:
             assert isinstance(frame, Inform)
             if frame.peers and isinstance(router._by_name.get(frame.peers[0]), RemoteSession):
                 return out
-        router._dispatch(sender, frame, out)
+        router._handlers[type(frame)](sender, frame, out)
         return out
 
     def _add_remote(self, out: Output, name: str, hub: str, record: NameRecord | None) -> RemoteSession:
         router = self.router
         session = RemoteSession(RemoteCodec(self, name, hub_subject(self.cluster, hub)), name, hub, record)
         router._by_name[name] = session
-        router._broadcast(out, Presence(name, True), exclude=session)
+        router._presence(out, session, ready=True)
         return session
 
     def _on_snapshot(self, keys: dict[str, bytes]) -> None:
