@@ -50,6 +50,18 @@ def _hub_options(parser: argparse.ArgumentParser) -> None:
         "--heartbeat", type=float, default=1.0, help="client heartbeat interval in seconds (default: %(default)s)"
     )
     parser.add_argument(
+        "--cluster",
+        default=None,
+        metavar="URL",
+        help="join a cluster of hubs over the NATS server at URL (nats://host:port, several comma-separated)"
+        " (default: $WINERP_CLUSTER, else none)",
+    )
+    parser.add_argument(
+        "--cluster-name",
+        default="winerp",
+        help="name of the cluster to join on that NATS server (default: %(default)s)",
+    )
+    parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level (default INFO)"
     )
 
@@ -86,11 +98,16 @@ def _run_hub(args: argparse.Namespace) -> int:
         allowed_origins=args.allow_origin,
         max_message_size=args.max_message_size,
         heartbeat=args.heartbeat,
+        cluster=args.cluster,
+        cluster_name=args.cluster_name,
     )
     try:
         hub.start()
     except OSError as exc:
         print(f"winerp: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except RuntimeError as exc:  # the cluster cannot be joined (winerp.cluster.ClusterUnavailable)
+        print(f"winerp: {exc}", file=sys.stderr)
         return 1
     print(f"winerp hub {__version__} listening on {args.host}:{hub.port} (Ctrl-C to stop)", flush=True)
     hub.serve_forever()
@@ -122,6 +139,11 @@ def _run_status(args: argparse.Namespace) -> int:
             f"  {c['name']:<24} {c['state']:<6} since {since}  in {c['messages_in']} msg/{c['bytes_in']} B"
             f"  out {c['messages_out']} msg/{c['bytes_out']} B  routes: {routes}"
         )
+    for h in status.get("hubs", ()):
+        # A clustered hub: every hub of the cluster, with its ready clients.
+        mark = " (this hub)" if h.get("this") else ""
+        clients = ", ".join(h["clients"]) or "no clients"
+        print(f"cluster hub {h['address']}{mark}: {clients}")
     return 0
 
 
@@ -130,6 +152,8 @@ def _leave_out(status: dict[str, Any], name: str) -> None:
     clients = status["clients"]
     status["clients"] = [c for c in clients if c["name"] != name]
     status["connections"] = max(0, status["connections"] - (len(clients) - len(status["clients"])))
+    for hub in status.get("hubs", ()):
+        hub["clients"] = [c for c in hub["clients"] if c != name]
 
 
 def _run_demo(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ import logging
 import queue
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, overload
 
 from .. import errors
@@ -270,6 +270,10 @@ class BaseClient:
         backoff_initial: First reconnect delay, in seconds.
         backoff_max: Cap on the reconnect delay, in seconds.
         handler_workers: Most plain route handlers running at once.
+        hubs: Several hub addresses (``host:port``, ``ws://host:port``, ``wss://host:port``)
+            instead of ``host`` and ``port``, e.g. the hubs of a cluster: the client connects
+            to the first that answers and, when its hub goes away, to the next one that does,
+            with its name and routes.
     """
 
     def __init__(
@@ -285,6 +289,7 @@ class BaseClient:
         backoff_initial: float = 0.1,
         backoff_max: float = 3.0,
         handler_workers: int = 32,
+        hubs: Sequence[str] | None = None,
     ) -> None:
         hooks: Hooks = FacadeHooks(self._run_route, self._run_event, self._lend_reader)
         self._core = ClientCore(
@@ -297,6 +302,7 @@ class BaseClient:
             reconnect=reconnect,
             max_message_size=max_message_size,
             backoff=Backoff(backoff_initial, backoff_max),
+            hubs=hubs,
         )
         self._workers = WorkerPools(local_name, handler_workers)
 

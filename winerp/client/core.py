@@ -46,7 +46,7 @@ from ..wire.close import CloseCode
 from .calls import Call, CallTable, Deadline, Gathering, PeersCall, PingCall, resolve, timed_out
 from .connection import NOT_REGISTERED, Connection, ConnectionState
 from .events import Events, Hooks
-from .opening import MIN_STEP, Backoff, address, open_websocket
+from .opening import MIN_STEP, Backoff, HubAddresses, address, open_websocket
 
 __all__ = ["ClientCore", "Life"]
 
@@ -99,6 +99,9 @@ class ClientCore:
         reconnect: Come back after a dropped connection.
         max_message_size: Largest message this client sends; a smaller limit announced by the hub wins.
         backoff: Reconnect delays.
+        hubs: Hub addresses (``host:port``, ``ws://host:port``, ``wss://host:port``) to use
+            instead of ``host`` and ``port``: the client connects to the first that answers
+            and, when its hub goes away, to the next one, in order, round and round.
     """
 
     def __init__(
@@ -113,16 +116,16 @@ class ClientCore:
         reconnect: bool = True,
         max_message_size: int = 8 * 1024 * 1024,
         backoff: Backoff | None = None,
+        hubs: Iterable[str] | None = None,
     ) -> None:
         problem = name_problem(name)
         if problem is not None:
             # The hub would refuse it with a close frame; say so here, before connecting.
             raise ValueError(problem)
         self.name = name
-        self.host = host
-        self.port = port
+        self.hubs = HubAddresses((host, port, ssl_context), hubs)
+        self.host, self.port, self.ssl_context = self.hubs.current
         self.token = token if token is not None else (os.environ.get("WINERP_TOKEN") or None)
-        self.ssl_context = ssl_context
         self.reconnect = reconnect
         self.max_message_size = max_message_size
         self.backoff = backoff or Backoff()
@@ -440,17 +443,21 @@ class ClientCore:
                 if not self.reconnect:
                     return errors.ConnectionLost("the connection to the hub dropped (reconnect is off)")
                 delay = 0.05 if connection.close_code == CloseCode.GOING_AWAY else self.backoff.next_delay()
-                logger.info("client %r: reconnecting in %.1f s", self.name, delay)
+                delay = self.hubs.after_drop(delay)
+                self.host, self.port, self.ssl_context = self.hubs.current
+                logger.info("client %r: reconnecting in %.1f s to %s", self.name, delay, self._address())
             else:
                 assert failure is not None
                 if self._gives_up(failure, bound):
                     logger.info("client %r: gave up connecting to %s: %s", self.name, self._address(), failure)
                     return failure
-                delay = self.backoff.next_delay()
+                tried = self._address()
+                delay = self.hubs.after_failure(self.backoff)
+                self.host, self.port, self.ssl_context = self.hubs.current
                 logger.warning(
                     "client %r: cannot connect to the hub at %s: %s; next attempt in %.1f s",
                     self.name,
-                    self._address(),
+                    tried,
                     failure,
                     delay,
                 )

@@ -11,10 +11,13 @@ import random
 import socket
 import ssl
 import threading
+from collections.abc import Iterable
+from urllib.parse import urlsplit
 
 import websocket
 
 from .. import errors
+from ..defaults import DEFAULT_PORT
 from ..protocol.frames import SUBPROTOCOL
 from ..wire.handshake import TOKEN_HEADER
 from .calls import Deadline
@@ -50,6 +53,68 @@ class Backoff:
     def reset(self) -> None:
         """Start over after a success."""
         self.attempts = 0
+
+
+def hub_address(text: str, ssl_context: ssl.SSLContext | None = None) -> tuple[str, int, ssl.SSLContext | None]:
+    """``(host, port, TLS context)`` of one ``hubs=`` entry: ``host:port``, ``ws://...`` or ``wss://...``.
+
+    ``wss://`` uses ``ssl_context``, or the system's default context; ``host:port`` uses
+    ``ssl_context`` if given, as ``host=`` and ``port=`` do; ``ws://`` is never TLS.
+
+    Raises:
+        ValueError: not an address.
+    """
+    text = text.strip() if isinstance(text, str) else ""
+    url = urlsplit(text if "://" in text else f"ws://{text}")
+    try:
+        port = url.port or DEFAULT_PORT
+    except ValueError:
+        port = -1
+    if url.scheme not in ("ws", "wss") or not url.hostname or port < 0 or url.path not in ("", "/"):
+        raise ValueError(f"invalid hub address {text!r}: use host:port, ws://host:port or wss://host:port")
+    if url.scheme == "wss":
+        return url.hostname, port, ssl_context or ssl.create_default_context()
+    return url.hostname, port, ssl_context if "://" not in text else None
+
+
+class HubAddresses:
+    """The hubs a client may use, in order, and which one it is on (its connecting thread only).
+
+    With one hub there is nothing to choose. With several, a failed attempt moves on to the
+    next hub at once, and the backoff waits once per whole round; a dropped connection moves
+    on to the next hub too.
+    """
+
+    def __init__(self, first: tuple[str, int, ssl.SSLContext | None], more: Iterable[str] | None) -> None:
+        self._all = [hub_address(text, first[2]) for text in more] if more is not None else [first]
+        if not self._all:
+            raise ValueError("hubs: give at least one hub address")
+        self._index = 0
+        self._failures = 0
+
+    @property
+    def current(self) -> tuple[str, int, ssl.SSLContext | None]:
+        """``(host, port, TLS context)`` of the hub in use."""
+        return self._all[self._index]
+
+    def advance(self) -> bool:
+        """Move to the next hub; False (and no move) when there is only one."""
+        if len(self._all) < 2:
+            return False
+        self._index = (self._index + 1) % len(self._all)
+        return True
+
+    def after_drop(self, delay: float) -> float:
+        """The pause after a dropped connection: none when another hub can be tried."""
+        self._failures = 0
+        return 0.05 if self.advance() else delay
+
+    def after_failure(self, backoff: Backoff) -> float:
+        """The pause after a failed attempt: the backoff's once per round of hubs, else none."""
+        self._failures += 1
+        delay = backoff.next_delay() if self._failures % len(self._all) == 0 else 0.0
+        self.advance()
+        return delay
 
 
 def address(host: str, port: int) -> str:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from .. import errors
 from ..defaults import DEFAULT_HOST, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PORT
 from ..protocol.codec import Codec, Message, NativeCodec
-from ..protocol.router import Router, Session, SessionState
+from ..protocol.router import Output, Router, Session, SessionState
 from ..wire import handshake
 from ..wire.close import CloseCode
 from ..wire.websocket import (
@@ -46,6 +46,8 @@ from .poller import IN, OUT, Poller
 
 if TYPE_CHECKING:
     import ssl
+
+    from ..cluster.link import ClusterLink
 
 __all__ = ["Hub", "DEFAULT_HOST", "DEFAULT_PORT", "DEFAULT_MAX_MESSAGE_SIZE"]
 
@@ -72,6 +74,10 @@ class Hub:
         max_pending: Requests one client may have in flight.
         outbox_limit: Bytes buffered for a client that does not read before it is dropped.
         handshake_timeout: Seconds a new connection has to finish its handshake and register.
+        cluster: NATS URL(s), comma-separated, of a cluster of hubs to join (defaults to
+            ``$WINERP_CLUSTER``): the clients of every hub of the cluster then share one
+            namespace. Needs ``pip install 'winerp[cluster]'``; see docs/cluster.md.
+        cluster_name: The cluster to join on that NATS server.
 
     Use as a context manager, or call `start` and `stop`, or `serve_forever`. Thread-safe.
     """
@@ -89,6 +95,8 @@ class Hub:
         max_pending: int = 10_000,
         outbox_limit: int | None = None,
         handshake_timeout: float = 10.0,
+        cluster: str | None = None,
+        cluster_name: str = "winerp",
     ) -> None:
         self.host = host
         self._requested_port = port
@@ -100,9 +108,31 @@ class Hub:
         self.heartbeat = heartbeat
         self.outbox_limit = outbox_limit if outbox_limit is not None else max(32 * 1024 * 1024, 4 * max_message_size)
         self.handshake_timeout = handshake_timeout
-        self._router = Router(heartbeat=heartbeat, max_message_size=max_message_size, max_pending=max_pending)
         # Guards the router against `clients` and `status` called from other threads.
         self._lock = threading.Lock()
+        router_options: dict[str, Any] = {
+            "heartbeat": heartbeat,
+            "max_message_size": max_message_size,
+            "max_pending": max_pending,
+        }
+        cluster = cluster if cluster is not None else (os.environ.get("WINERP_CLUSTER") or None)
+        self._cluster: ClusterLink | None = None
+        if cluster:
+            # Only a clustered hub loads the NATS side.
+            from ..cluster.link import ClusterLink
+
+            self._cluster = ClusterLink(
+                [url.strip() for url in cluster.split(",") if url.strip()],
+                cluster_name,
+                lock=self._lock,
+                deliver=self._deliver,
+                evict=self._evict,
+                wake=self._wake,
+                **router_options,
+            )
+            self._router: Router = self._cluster.router
+        else:
+            self._router = Router(**router_options)
         self._listener: socket.socket | None = None
         self._poller: Poller | None = None
         self._waker: tuple[socket.socket, socket.socket] | None = None
@@ -175,6 +205,15 @@ class Hub:
         self._connections.poller = self._poller
         self._poller.register(listener)
         self._poller.register(self._waker[0])
+        if self._cluster is not None:
+            try:
+                self._cluster.start(f"{self.host}:{self._bound_port}")
+            except BaseException:
+                self._poller.close()
+                for end in self._waker:
+                    end.close()
+                listener.close()
+                raise
         self._started = True
         self._thread = threading.Thread(target=self._run, name="winerp-hub", daemon=True)
         self._thread.start()
@@ -193,6 +232,8 @@ class Hub:
         self._wake()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout + 5)
+        if self._cluster is not None:
+            self._cluster.stop()
         logger.info("hub stopped")
 
     def serve_forever(self) -> None:
@@ -255,6 +296,8 @@ class Hub:
                             self._accept(now)
                         else:
                             self._drain_waker()  # or a stale event of a connection gone meanwhile
+                            if self._cluster is not None:
+                                self._cluster.bridge.run_inbox()
                     if connections.dirty:
                         connections.flush_all(self._fail)
                     if now >= next_sweep:
@@ -499,9 +542,26 @@ class Hub:
             destination.transport.queue_message(routed)
 
     def _log_join(self, connection: HubConnection, session: Session) -> None:
-        held = " (on hold: another client has the name)" if session.state is SessionState.HELD else ""
+        held = ""
+        if session.state is SessionState.HELD:
+            # A clustered hub's client whose name is being claimed waits a moment, not on hold.
+            claiming = getattr(self._router, "claiming", None)
+            held = " (on hold: another client has the name)"
+            if claiming is not None and claiming.get(session.name) is session:
+                held = " (claiming the name in the cluster)"
         kind = "" if connection.native else " (winerp 1.x)"
         logger.info("client %r joined from %s%s%s", session.name, connection.address, kind, held)
+
+    def _deliver(self, out: Output) -> None:
+        """Queue the router's output (the cluster's events produce some too)."""
+        for destination, message in out:
+            destination.transport.queue_message(message)
+
+    def _evict(self, session: Session, reason: str) -> None:
+        """Close a client's connection so that it comes back (a clustered hub lost its name)."""
+        connection = session.transport
+        if isinstance(connection, HubConnection):
+            connection.close(CloseCode.SERVICE_RESTART, reason)
 
     def _leave_router(self, connection: HubConnection) -> None:
         """``connection`` ended: take its client out of the router and tell the others."""
