@@ -536,7 +536,7 @@ def _answers_where(caller: Client) -> Any:
     ],
 )
 def test_hub_addresses(address: str, expected: tuple[str, int, bool]) -> None:
-    from winerp.client.core import hub_address
+    from winerp.client.opening import hub_address
 
     host, port, context = hub_address(address)
     assert (host, port, context is not None) == expected
