@@ -227,7 +227,8 @@ def test_typed_values_keep_their_type(value: Any) -> None:
     decoded = decode_value(encode_value({"v": [value]}))["v"][0]
     assert type(decoded) is type(value)
     assert decoded == value
-    assert str(decoded) == str(value)  # also a Decimal's form and a datetime's offset
+    if not isinstance(value, (set, frozenset)):  # a set's text follows its hash order, which may differ
+        assert str(decoded) == str(value)  # also a Decimal's form and a datetime's offset
 
 
 def test_decimal_nan_keeps_its_form() -> None:
