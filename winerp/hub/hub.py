@@ -44,10 +44,13 @@ from ..wire.websocket import (
     server_frame,
     server_header,
 )
+from .metrics import Rates
 from .poller import IN, OUT, Poller
 
 if TYPE_CHECKING:
     import ssl
+
+    from .dashboard import Dashboard
 
 __all__ = ["Hub", "DEFAULT_HOST", "DEFAULT_PORT", "DEFAULT_MAX_MESSAGE_SIZE"]
 
@@ -66,6 +69,9 @@ _SHORT_BINARY_HEADERS = [server_header(OP_BINARY, size) for size in range(126)]
 # take) up to _CLOSING_LIMIT, since cutting it while it sends resets the connection and
 # loses the close frame and its reason.
 _CLOSING_GRACE = 2.0
+# Close codes that end a connection normally: not counted as errors (dashboard).
+_NOT_ERRORS = frozenset({CloseCode.NORMAL, CloseCode.GOING_AWAY, CloseCode.SERVICE_RESTART})
+_CLOSE_CODES = frozenset(int(code) for code in CloseCode)
 _CLOSING_LIMIT = 10.0
 
 
@@ -168,6 +174,8 @@ class Hub:
         max_pending: Requests one client may have in flight.
         outbox_limit: Bytes buffered for a client that does not read before it is dropped.
         handshake_timeout: Seconds a new connection has to finish its handshake and register.
+        dashboard: Also answer plain HTTP ``GET``s on the hub's port: ``/`` a live web page,
+            ``/status.json`` and ``/metrics`` (Prometheus), each behind the token if there is one.
 
     Use as a context manager, or call `start` and `stop`, or `serve_forever`. Thread-safe.
     """
@@ -185,6 +193,7 @@ class Hub:
         max_pending: int = 10_000,
         outbox_limit: int | None = None,
         handshake_timeout: float = 10.0,
+        dashboard: bool = False,
     ) -> None:
         import os
 
@@ -227,6 +236,17 @@ class Hub:
         self._stopped = threading.Event()
         self._started = False
         self._numbers = iter(range(1, 1 << 62))
+        # dashboard hook: the rates ring, sampled on the sweep, and the HTTP answers.
+        self._started_at = time.time()
+        self._rates = Rates()
+        self._router.status_extra = self._status_extra
+        self._dashboard: Dashboard | None = None
+        if dashboard:
+            from .dashboard import Dashboard
+
+            self._dashboard = Dashboard(
+                self.status, token=self.token, allowed_origins=self.allowed_origins, tls=self._tls
+            )
 
     # public API
 
@@ -245,6 +265,36 @@ class Hub:
         """The hub's counters and every client's (what ``winerp status`` prints)."""
         with self._lock:
             return self._router.status()
+
+    # dashboard hooks
+
+    def _status_extra(self) -> dict[str, Any]:
+        """The hub's part of its status object: uptime and rates. Call with the lock held."""
+        now = time.time()
+        return {
+            "hub": {
+                "started": self._started_at,
+                "uptime_s": round(now - self._started_at, 3),
+                "dashboard": self._dashboard is not None,
+            },
+            "rates": self._rates.history(),
+        }
+
+    def _sample_rates(self) -> None:
+        """Put the counters in the rates ring (from the sweep: about once a second, never per message)."""
+        now = time.time()
+        if self._rates.due(now):
+            with self._lock:
+                router = self._router
+                sessions = router.sessions
+                totals = router.traffic.summary(
+                    sum(s.messages_out for s in sessions), sum(s.bytes_out for s in sessions)
+                )
+                self._rates.sample(now, totals)
+
+    def _count_error(self, kind: str) -> None:
+        with self._lock:
+            self._router.traffic.error(kind)
 
     def start(self) -> None:
         """Bind and start serving on a background thread; return once connections are accepted.
@@ -356,6 +406,7 @@ class Hub:
                         self._flush_all()
                     if now >= next_sweep:
                         self._sweep(now)
+                        self._sample_rates()  # dashboard hook
                         self._flush_all()
                         next_sweep = now + sweep_every
                 except Exception:
@@ -525,6 +576,12 @@ class Hub:
             # (a request body, pipelining) gets a clear refusal.
             self._refuse(connection, handshake.Refusal(400, "data sent before the handshake was answered"))
             return
+        if self._dashboard is not None:  # dashboard hook: plain HTTP GETs, never an upgrade
+            answer = self._dashboard.answer(head[:end])
+            if answer is not None:
+                self._queue(connection, answer)
+                self._finish(connection)
+                return
         verdict = handshake.admit(head[:end], token=self.token, allowed_origins=self.allowed_origins)
         if isinstance(verdict, handshake.Refusal):
             self._refuse(connection, verdict)
@@ -547,6 +604,7 @@ class Hub:
 
     def _refuse(self, connection: HubConnection, refusal: handshake.Refusal) -> None:
         logger.info("refused a handshake: %d %s", refusal.status, refusal.reason)
+        self._count_error("handshake_refused")  # dashboard hook
         self._queue(connection, refusal.response())
         self._finish(connection)
 
@@ -718,6 +776,8 @@ class Hub:
                 self._discard(connection)
             return
         logger.info("closing connection %s (%s): %d %s", connection.number, connection.name, code, reason)
+        if code not in _NOT_ERRORS:  # dashboard hook
+            self._count_error(f"closed_{CloseCode(code).name.lower()}" if code in _CLOSE_CODES else f"closed_{code}")
         _note(connection, f"closed by the hub: {code} {reason}")
         self._queue(connection, server_frame(OP_CLOSE, close_payload(code, reason)))
         self._finish(connection)
@@ -743,6 +803,7 @@ class Hub:
         that wait on it. The close frame is sent if it can go out at once.
         """
         logger.info("dropping connection %s (%s): %d %s", connection.number, connection.name, code, reason)
+        self._count_error("heartbeat_timeout" if reason.startswith("heartbeat") else "dropped")  # dashboard hook
         _note(connection, f"dropped by the hub: {code} {reason}")
         self._try_final(connection, code, reason)
         self._discard(connection)
@@ -761,6 +822,7 @@ class Hub:
             "client %r is not reading: backlog over %d bytes, disconnecting", connection.name, self.outbox_limit
         )
         _note(connection, f"dropped by the hub: {CloseCode.OVERLOADED} too slow: outbound backlog full")
+        self._count_error("slow_consumer")  # dashboard hook
         connection.out = []
         connection.out_bytes = 0
         self._try_final(connection, CloseCode.OVERLOADED, "too slow: outbound backlog full")

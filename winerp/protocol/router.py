@@ -41,6 +41,7 @@ from .frames import (
     encode_value,
     name_problem,
 )
+from .traffic import Traffic
 
 __all__ = ["Router", "Session", "SessionState", "Output"]
 
@@ -126,6 +127,10 @@ class Router:
         self._by_name: dict[str, Session] = {}
         self._held: dict[str, collections.deque[Session]] = {}
         self.messages_routed = 0
+        # dashboard hook: the traffic counters (read by status, the dashboard and /metrics), and
+        # what the hub adds to the status object (its rates); set by the hub.
+        self.traffic = Traffic()
+        self.status_extra: Any = None
         self._handlers: dict[type, Any] = {
             Request: self._route_request,
             Response: self._route_answer,
@@ -145,6 +150,20 @@ class Router:
 
     def status(self) -> dict[str, Any]:
         """Counters of the hub and of every connection, for ``winerp status``."""
+        status = self._status()
+        # dashboard hook: the traffic counters and the hub's own part (rates).
+        traffic = self.traffic
+        status["totals"] = traffic.summary(
+            sum(s.messages_out for s in self.sessions), sum(s.bytes_out for s in self.sessions)
+        )
+        status["received"] = traffic.received_by_kind()
+        status["errors"] = dict(sorted(traffic.errors.items()))
+        status["pending"] = sum(len(s.awaiting) for s in self.sessions)
+        if self.status_extra is not None:
+            status.update(self.status_extra())
+        return status
+
+    def _status(self) -> dict[str, Any]:
         return {
             "clients": [
                 {
@@ -188,9 +207,19 @@ class Router:
                 frame = _decode_frame(message)
             except (msgspec.DecodeError, RecursionError) as exc:
                 raise errors.ProtocolError(f"undecodable frame: {exc}") from None
+            counted = self.traffic.received.get(type(frame))  # dashboard hook: in, by kind
+            if counted is not None:
+                counted[0] += 1
+                counted[1] += len(message)
             self._dispatch(session, frame, out)
         else:
+            size = len(message)
             for frame in session.codec.decode(message):
+                counted = self.traffic.received.get(type(frame))  # dashboard hook: in, by kind
+                if counted is not None:
+                    counted[0] += 1
+                    counted[1] += size
+                    size = 0  # a 1.x message that holds several frames is counted once in bytes
                 self._dispatch(session, frame, out)
         return out
 
@@ -202,11 +231,15 @@ class Router:
         was_ready = session.state is SessionState.READY
         session.state = SessionState.CLOSED
         self.sessions.discard(session)
+        # dashboard hook: what this session was sent stays in the totals after it leaves.
+        self.traffic.sent_messages_retired += session.messages_out
+        self.traffic.sent_bytes_retired += session.bytes_out
         for request_id, destination in session.awaiting.items():
             destination.serving.discard((session, request_id))
         session.awaiting.clear()
         for requester, request_id in session.serving:
             requester.awaiting.pop(request_id, None)
+            self.traffic.error("peer_disconnected")  # dashboard hook
             self._send(
                 out,
                 requester,
@@ -381,6 +414,8 @@ class Router:
         elif isinstance(answer, Pong):
             forwarded = Pong(answer.id, session.name)
         else:
+            # dashboard hook: errors clients answer (remote_error, route_not_found, ...), by kind
+            self.traffic.error(_error_kind(answer.code))
             forwarded = Failure(
                 answer.id, session.name, answer.code, answer.message, answer.remote_type, answer.traceback
             )
@@ -453,6 +488,7 @@ class Router:
         return [name for name, _ in ready]
 
     def _fail(self, out: Output, session: Session, request_id: int, peer: str, code: ErrorCode, message: str) -> None:
+        self.traffic.error(code.name.lower())  # dashboard hook: errors the hub answers, by kind
         self._send(out, session, Failure(request_id, peer, code, message))
 
     def _broadcast(self, out: Output, frame: Frame, exclude: Session | None) -> None:
@@ -481,3 +517,11 @@ class Router:
             destination.bytes_out += len(message)
             out.append((destination, message))
         self.messages_routed += 1
+
+
+def _error_kind(code: int) -> str:
+    """The name of an error code as counted by `Traffic` (``remote_error``, ...)."""
+    try:
+        return ErrorCode(code).name.lower()
+    except ValueError:
+        return f"error_{code}"

@@ -1,0 +1,145 @@
+"""What a hub shows about itself: its rates over the last minutes, and Prometheus text.
+
+`Rates` is a ring of fixed size: the hub's loop samples its counters into it about once a
+second (from its sweep, never per message), so its memory does not grow with uptime and
+routing pays nothing for it. `prometheus_text` writes a status object (`Hub.status`) in the
+Prometheus text exposition format, version 0.0.4.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = ["Rates", "prometheus_text", "RATE_FIELDS", "HISTORY_SECONDS"]
+
+#: The totals sampled, in order: each becomes a per-second rate.
+RATE_FIELDS = ("messages_in", "messages_out", "bytes_in", "bytes_out", "errors")
+#: How much history the ring holds, one sample a second.
+HISTORY_SECONDS = 600
+# How much of it a status object carries (what the page charts).
+_STATUS_SECONDS = 300
+
+
+class Rates:
+    """A fixed-size ring of ``(time, totals)`` samples, one per second at most.
+
+    Not thread-safe: the hub samples and reads it under its lock.
+
+    Args:
+        seconds: Samples kept; older ones fall off.
+    """
+
+    def __init__(self, seconds: int = HISTORY_SECONDS) -> None:
+        self._samples: collections.deque[tuple[float, tuple[int, ...]]] = collections.deque(maxlen=seconds + 1)
+
+    def due(self, now: float) -> bool:
+        """Whether a sample taken at ``now`` (wall clock) would be kept: a second has passed."""
+        return not self._samples or now - self._samples[-1][0] >= 0.95
+
+    def sample(self, now: float, totals: dict[str, Any]) -> None:
+        """Record ``totals`` (counters that only grow) as of ``now``, if a second has passed."""
+        if self.due(now):
+            self._samples.append((now, tuple(int(totals[field]) for field in RATE_FIELDS)))
+
+    def history(self, seconds: int = _STATUS_SECONDS) -> dict[str, Any]:
+        """Per-second rates over the last ``seconds``, oldest first, with the current ones.
+
+        ``t`` holds the wall-clock end of each interval; each field of `RATE_FIELDS` a list of
+        per-second rates, one per interval; ``now`` the latest rate of each.
+        """
+        samples = list(self._samples)[-(seconds + 1) :]
+        series: dict[str, list[float]] = {field: [] for field in RATE_FIELDS}
+        times: list[float] = []
+        for (t0, before), (t1, after) in zip(samples, samples[1:]):
+            elapsed = max(t1 - t0, 1e-3)
+            times.append(round(t1, 3))
+            for field, old, new in zip(RATE_FIELDS, before, after):
+                series[field].append(round(max(new - old, 0) / elapsed, 2))
+        now = {f"{field}_per_s": (values[-1] if values else 0.0) for field, values in series.items()}
+        return {"step_s": 1, "t": times, **series, "now": now}
+
+
+# -- Prometheus text ---------------------------------------------------------------------------
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _number(value: float) -> str:
+    if isinstance(value, int):
+        return str(value)
+    return repr(float(value)) if math.isfinite(value) else ("+Inf" if value > 0 else "-Inf")
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def family(self, name: str, kind: str, text: str, samples: Iterable[tuple[dict[str, str], float]]) -> None:
+        self.lines.append(f"# HELP {name} {text}")
+        self.lines.append(f"# TYPE {name} {kind}")
+        for labels, value in samples:
+            rendered = ",".join(f'{key}="{_escape(str(val))}"' for key, val in labels.items())
+            self.lines.append(f"{name}{{{rendered}}} {_number(value)}" if rendered else f"{name} {_number(value)}")
+
+
+def prometheus_text(status: dict[str, Any]) -> str:
+    """The hub's metrics, from its status object, in the Prometheus text format (``winerp_`` names)."""
+    out = _Writer()
+    clients = status["clients"]
+    ready = sum(1 for c in clients if c["state"] == "ready")
+    held = sum(1 for c in clients if c["state"] == "held")
+    hub = status.get("hub", {})
+    out.family("winerp_up_seconds", "gauge", "Seconds since the hub started.", [({}, hub.get("uptime_s", 0.0))])
+    out.family("winerp_clients_connected", "gauge", "Clients registered and ready.", [({}, ready)])
+    out.family("winerp_clients_held", "gauge", "Clients on hold (their name is taken).", [({}, held)])
+    out.family("winerp_connections", "gauge", "Websocket connections open.", [({}, status["connections"])])
+    out.family("winerp_requests_pending", "gauge", "Requests routed and not answered yet.", [({}, status["pending"])])
+    received = status["received"]
+    out.family(
+        "winerp_messages_received_total",
+        "counter",
+        "Messages clients sent to the hub, by kind.",
+        [({"kind": kind}, counts["messages"]) for kind, counts in received.items()],
+    )
+    out.family(
+        "winerp_received_bytes_total",
+        "counter",
+        "Bytes of the messages clients sent to the hub, by kind.",
+        [({"kind": kind}, counts["bytes"]) for kind, counts in received.items()],
+    )
+    totals = status["totals"]
+    out.family(
+        "winerp_messages_sent_total", "counter", "Messages the hub sent to clients.", [({}, totals["messages_out"])]
+    )
+    out.family("winerp_sent_bytes_total", "counter", "Bytes the hub sent to clients.", [({}, totals["bytes_out"])])
+    out.family("winerp_messages_routed_total", "counter", "Messages the hub routed.", [({}, status["messages_routed"])])
+    out.family(
+        "winerp_errors_total",
+        "counter",
+        "Failed requests and dropped connections, by kind.",
+        [({"kind": kind}, count) for kind, count in status["errors"].items()],
+    )
+    _client_families(out, clients)
+    return "\n".join(out.lines) + "\n"
+
+
+def _client_families(out: _Writer, clients: list[dict[str, Any]]) -> None:
+    ready = [c for c in clients if c["state"] == "ready"]
+    for field, name, text in (
+        ("messages_in", "winerp_client_messages_received_total", "Messages a client sent to the hub."),
+        ("messages_out", "winerp_client_messages_sent_total", "Messages the hub sent to a client."),
+        ("bytes_in", "winerp_client_received_bytes_total", "Bytes a client sent to the hub."),
+        ("bytes_out", "winerp_client_sent_bytes_total", "Bytes the hub sent to a client."),
+    ):
+        out.family(name, "counter", text, [({"client": c["name"]}, c[field]) for c in ready])
+    out.family(
+        "winerp_client_requests_pending",
+        "gauge",
+        "Requests a client sent that wait for an answer.",
+        [({"client": c["name"]}, c["in_flight"]) for c in ready],
+    )
