@@ -270,6 +270,9 @@ def test_the_page_shows_clients_live_and_charts_the_rates(tmp_path: Path) -> Non
                     web.request("charge", "billing", cents=number)
                     if number % 3 == 0:
                         web.request("resize", "image-worker-1", size=number)
+                    if number % 40 == 0:
+                        with contextlib.suppress(winerp.errors.DestinationNotFound):
+                            web.request("report", "reporting")  # no such client: an error to show
 
             flowing = threading.Thread(target=traffic, daemon=True)
             flowing.start()
@@ -305,6 +308,7 @@ def _drive(page: Any, port: int, tmp_path: Path) -> None:
         # A few seconds of a five-minute axis are a few pixels wide: a line, not a blank chart.
         wait_for(lambda: page.evaluate(_COLOURED_PIXELS) > 20, timeout=5)
         wait_for(lambda: page.text_content("#c-in") != "0", timeout=5)
+        wait_for(lambda: "destination_not_found" in page.text_content("#errors"), timeout=5)
         shot = tmp_path / "dashboard.png"
         page.screenshot(path=str(shot), full_page=True)
         assert shot.stat().st_size > 10_000
