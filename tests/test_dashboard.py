@@ -22,6 +22,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import winerp
+from winerp.hub.metrics import RATE_FIELDS, Rates
 from winerp.sync import Client
 
 try:
@@ -126,6 +127,44 @@ def test_metrics_parse_and_follow_the_traffic(dashboard_hub: winerp.Hub) -> None
             wait_for(lambda: value(metrics(port), "winerp_clients_connected") == 3)
         wait_for(lambda: value(metrics(port), "winerp_clients_connected") == 2)
         assert value(metrics(port), "winerp_up_seconds") > 0
+
+
+# --- the rates ring --------------------------------------------------------------------------------
+
+
+def test_the_rates_ring_keeps_a_fixed_number_of_samples_and_gives_per_second_rates() -> None:
+    rates = Rates(seconds=10)
+    for second in range(1000):
+        totals = dict.fromkeys(RATE_FIELDS, 0) | {"messages_in": 50 * second, "errors": second // 100}
+        rates.sample(1000.0 + second, totals)
+        rates.sample(1000.5 + second, totals)  # a second sweep within the second: not kept
+    assert len(rates._samples) == 11  # 10 intervals: memory does not grow with uptime
+    history = rates.history(seconds=300)
+    assert len(history["t"]) == len(history["messages_in"]) == 10
+    assert history["messages_in"] == [50.0] * 10
+    assert history["t"][-1] == 1999.0
+    assert history["now"]["messages_in_per_s"] == 50.0
+    assert history["now"]["errors_per_s"] == 0.0
+    assert Rates().history() == {
+        "step_s": 1,
+        "t": [],
+        "messages_in": [],
+        "messages_out": [],
+        "errors": [],
+        "now": {f"{field}_per_s": 0.0 for field in RATE_FIELDS},
+    }
+
+
+def test_status_carries_the_rates_while_requests_flow(dashboard_hub: winerp.Hub) -> None:
+    with Client("pinger", port=dashboard_hub.port) as pinger, Client("ponger", port=dashboard_hub.port) as ponger:
+        ponger.route("echo")(lambda source, x: x)
+
+        def busy() -> bool:
+            for number in range(20):
+                pinger.request("echo", "ponger", x=number)
+            return dashboard_hub.status()["rates"]["now"]["messages_in_per_s"] >= 20
+
+        wait_for(busy, timeout=15)
 
 
 # --- /status.json --------------------------------------------------------------------------------

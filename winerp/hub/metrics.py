@@ -19,8 +19,10 @@ __all__ = ["Rates", "prometheus_text", "RATE_FIELDS", "HISTORY_SECONDS"]
 RATE_FIELDS = ("messages_in", "messages_out", "bytes_in", "bytes_out", "errors")
 #: How much history the ring holds, one sample a second.
 HISTORY_SECONDS = 600
-# How much of it a status object carries (what the page charts).
+# How much of it a status object carries, and which series (what the page charts); the
+# latest rate of every field is there too.
 _STATUS_SECONDS = 300
+_CHARTED = ("messages_in", "messages_out", "errors")
 
 
 class Rates:
@@ -47,8 +49,9 @@ class Rates:
     def history(self, seconds: int = _STATUS_SECONDS) -> dict[str, Any]:
         """Per-second rates over the last ``seconds``, oldest first, with the current ones.
 
-        ``t`` holds the wall-clock end of each interval; each field of `RATE_FIELDS` a list of
-        per-second rates, one per interval; ``now`` the latest rate of each.
+        ``t`` holds the wall-clock end of each interval; ``messages_in``, ``messages_out`` and
+        ``errors`` a list of per-second rates each, one per interval; ``now`` the latest rate
+        of every field of `RATE_FIELDS` (``messages_in_per_s``, ...).
         """
         samples = list(self._samples)[-(seconds + 1) :]
         series: dict[str, list[float]] = {field: [] for field in RATE_FIELDS}
@@ -59,7 +62,8 @@ class Rates:
             for field, old, new in zip(RATE_FIELDS, before, after):
                 series[field].append(round(max(new - old, 0) / elapsed, 2))
         now = {f"{field}_per_s": (values[-1] if values else 0.0) for field, values in series.items()}
-        return {"step_s": 1, "t": times, **series, "now": now}
+        charted = {field: series[field] for field in _CHARTED}
+        return {"step_s": 1, "t": times, **charted, "now": now}
 
 
 # -- Prometheus text ---------------------------------------------------------------------------
