@@ -6,6 +6,7 @@ import fcntl
 import os
 import re
 import select
+import signal
 import struct
 import subprocess
 import sys
@@ -118,6 +119,18 @@ def test_watch_shows_the_clients_live_and_ends_cleanly_on_ctrl_c(hub: winerp.Hub
         assert code == 0, terminal.output[-2000:]
         assert b"Traceback" not in terminal.output
         assert terminal.output.endswith(b"\x1b[?25h\x1b[?1049l")  # cursor and screen given back
+
+
+def test_watch_gives_the_terminal_back_on_sigterm_too(hub: winerp.Hub) -> None:
+    with Client("still-here", port=hub.port):
+        terminal = Terminal("status", "--watch", "--port", str(hub.port))
+        try:
+            terminal.read_until(b"still-here")
+            terminal.process.send_signal(signal.SIGTERM)
+        finally:
+            code = terminal.finish()
+    assert code == 0
+    assert terminal.output.endswith(b"\x1b[?25h\x1b[?1049l")
 
 
 def test_watch_without_a_hub_exits_non_zero_with_one_line() -> None:

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
+import types
 from typing import TYPE_CHECKING, Any, TextIO
 
 from .errors import WinerpError
@@ -121,6 +124,7 @@ def watch(host: str, port: int, token: str | None, interval: float = 1.0, out: T
         return 1
     except KeyboardInterrupt:
         return 0
+    _stop_on_sigterm()
     if tty:
         stream.write(_ENTER)
     try:
@@ -137,6 +141,16 @@ def watch(host: str, port: int, token: str | None, interval: float = 1.0, out: T
             stream.flush()
         if client is not None:
             client.close()
+
+
+def _stop_on_sigterm() -> None:
+    """End on SIGTERM as on Ctrl-C, so the terminal is given back (the main thread only)."""
+    if threading.current_thread() is threading.main_thread():
+
+        def _on_sigterm(signum: int, frame: types.FrameType | None) -> None:
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 def _connect(host: str, port: int, token: str | None) -> Client:
