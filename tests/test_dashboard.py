@@ -27,10 +27,24 @@ from winerp.sync import Client
 
 try:
     from conftest import ROOT, wait_for
-    from security_tools import assert_serves, http_exchange, status_line, upgrade_request
+    from security_tools import (
+        assert_serves,
+        http_exchange,
+        raw_ws,
+        read_until_closed,
+        status_line,
+        upgrade_request,
+    )
 except ImportError:  # tests/ is a package
     from tests.conftest import ROOT, wait_for
-    from tests.security_tools import assert_serves, http_exchange, status_line, upgrade_request
+    from tests.security_tools import (
+        assert_serves,
+        http_exchange,
+        raw_ws,
+        read_until_closed,
+        status_line,
+        upgrade_request,
+    )
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -96,21 +110,17 @@ def test_metrics_parse_and_follow_the_traffic(dashboard_hub: winerp.Hub) -> None
         with pytest.raises(winerp.errors.DestinationNotFound):
             caller.request("echo", "nobody")
         after = metrics(port)
-        assert (
-            value(after, "winerp_messages_received_total", kind="request")
-            - value(before, "winerp_messages_received_total", kind="request")
-            == 6
-        )
-        assert (
-            value(after, "winerp_messages_received_total", kind="response")
-            - value(before, "winerp_messages_received_total", kind="response")
-            == 5
-        )
-        assert value(after, "winerp_received_bytes_total", kind="request") > value(
-            before, "winerp_received_bytes_total", kind="request"
-        )
-        assert value(after, "winerp_messages_sent_total") >= value(before, "winerp_messages_sent_total") + 11
-        assert value(after, "winerp_sent_bytes_total") > value(before, "winerp_sent_bytes_total")
+
+        def grew(name: str, **labels: str) -> float:
+            return value(after, name, **labels) - value(before, name, **labels)
+
+        assert grew("winerp_messages_total", direction="in", kind="request") == 6
+        assert grew("winerp_messages_total", direction="out", kind="request") == 5  # one had nowhere to go
+        assert grew("winerp_messages_total", direction="in", kind="response") == 5
+        assert grew("winerp_messages_total", direction="out", kind="response") == 5
+        assert grew("winerp_messages_total", direction="out", kind="failure") == 1
+        assert grew("winerp_bytes_total", direction="in", kind="request") > 0
+        assert grew("winerp_bytes_total", direction="out", kind="response") > 0
         assert value(after, "winerp_errors_total", kind="destination_not_found") == 1
         assert value(after, "winerp_client_messages_received_total", client="caller") >= 6
 
@@ -127,6 +137,17 @@ def test_metrics_parse_and_follow_the_traffic(dashboard_hub: winerp.Hub) -> None
             wait_for(lambda: value(metrics(port), "winerp_clients_connected") == 3)
         wait_for(lambda: value(metrics(port), "winerp_clients_connected") == 2)
         assert value(metrics(port), "winerp_up_seconds") > 0
+
+    # Connections the hub refuses or ends count as errors, by kind.
+    assert status_line(http_exchange(port, upgrade_request(port, Sec_WebSocket_Key="short"))).startswith("HTTP/1.1 400")
+    broken = raw_ws(port)
+    try:
+        broken.send_binary(b"\xc1 not msgpack")
+        assert read_until_closed(broken)[0] == 1002
+    finally:
+        broken.close()
+    wait_for(lambda: value(metrics(port), "winerp_errors_total", kind="closed_protocol_error") == 1)
+    assert value(metrics(port), "winerp_errors_total", kind="handshake_refused") == 1
 
 
 # --- the rates ring --------------------------------------------------------------------------------
@@ -189,7 +210,17 @@ def test_status_json_is_the_object_winerp_status_json_prints(dashboard_hub: wine
     assert head["content-type"] == "application/json"
     served, cli = json.loads(body), json.loads(printed.stdout)
     assert set(served) == set(cli)
-    assert {"clients", "connections", "messages_routed", "totals", "errors", "pending", "rates", "hub"} <= set(served)
+    assert {
+        "clients",
+        "connections",
+        "messages_routed",
+        "totals",
+        "by_kind",
+        "errors",
+        "pending",
+        "rates",
+        "hub",
+    } <= set(served)
 
     def who(status: dict[str, Any]) -> list[tuple[str, str, Any]]:
         return [(c["name"], c["state"], c["routes"]) for c in status["clients"]]

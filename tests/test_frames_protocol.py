@@ -736,16 +736,58 @@ def test_hub_builtin_routes() -> None:
     assert call("nope", {}).code == ErrorCode.ROUTE_NOT_FOUND
 
 
+class _OtherHub:
+    """An `Elsewhere` that knows one client, ``far``, of another hub, and hears announcements."""
+
+    def __init__(self, wire: Wire) -> None:
+        self.far = ClientProtocol("far", LIMIT, wire.now)
+        self.session = Session(NativeCodec(), self.far, wire.now)
+        self.session.name, self.session.state = "far", SessionState.READY
+        wire.inbox[id(self.far)] = []
+        self.announced: list[tuple[str, bool]] = []
+
+    def lookup(self, name: str) -> Session | None:
+        return self.session if name == "far" else None
+
+    def announce(self, name: str, ready: bool) -> None:
+        self.announced.append((name, ready))
+
+
+def test_a_name_not_here_is_looked_up_elsewhere_and_answers_take_the_same_path() -> None:
+    """The router's extension point for a cluster: `Router.elsewhere`."""
+    wire = Wire()
+    other = _OtherHub(wire)
+    wire.router.elsewhere = other
+    a, a_session = wire.connect("a")
+    assert other.announced == [("a", True)]
+    wire.take(a)
+    request_id, frame = a.request("far", "echo", {"x": 1})
+    wire.send(a_session, frame)
+    request = wire.take_one(other.far, Request)
+    assert (request.id, request.peer, request.route) == (request_id, "a", "echo")
+    wire.send(other.session, other.far.respond(request, 2))
+    response = wire.take_one(a, Response)
+    assert (response.id, response.peer, decode_value(response.result)) == (request_id, "far", 2)
+    _, frame = a.request("nowhere", "echo", {})
+    wire.send(a_session, frame)
+    assert wire.take_one(a, Failure).code == ErrorCode.DESTINATION_NOT_FOUND
+    wire.close(a_session)
+    assert other.announced == [("a", True), ("a", False)]
+
+
 def test_counters_count_messages_and_bytes() -> None:
     wire = Wire()
     a, a_session = wire.connect("a")
     _b, b_session = wire.connect("b")
-    before_in, before_out = a_session.messages_in, b_session.messages_out
+    before_in, before_out = a_session.counters.messages_in, b_session.counters.messages_out
+    routed = wire.router.counters.messages_routed
     frame = a.inform("hello", ["b"])
     wire.send(a_session, frame)
-    assert a_session.messages_in == before_in + 1
-    assert b_session.messages_out == before_out + 1
-    assert a_session.bytes_in >= len(frame)
+    assert a_session.counters.messages_in == before_in + 1
+    assert b_session.counters.messages_out == before_out + 1
+    assert a_session.counters.bytes_in >= len(frame)
+    assert wire.router.counters.messages_routed == routed + 1
+    assert wire.router.status()["messages_routed"] == routed + 1
 
 
 def test_garbage_is_a_protocol_error() -> None:

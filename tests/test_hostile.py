@@ -225,7 +225,7 @@ def test_stop_is_not_held_up_by_silent_connections() -> None:
     hub.start()
     silent = [socket.create_connection(("127.0.0.1", hub.port), timeout=5) for _ in range(30)]
     try:
-        wait_for(lambda: len(hub._handshakes) >= 30, timeout=5)
+        wait_for(lambda: len(hub._connections.handshakes) >= 30, timeout=5)
         started = time.monotonic()
         hub.stop()
         assert time.monotonic() - started < 5, "stop() waited for handshakes that never come"

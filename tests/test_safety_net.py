@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 import winerp
+from winerp.hub.connection import HubConnection
 from winerp.protocol.frames import HUB, Hello, Ping, decode_frame, encode_frame
 from winerp.sync import Client
 
@@ -51,6 +52,21 @@ def _break_once(hub: winerp.Hub, method: str, victim: str) -> list[str]:
     return raised
 
 
+def _break_connection_once(monkeypatch: pytest.MonkeyPatch, method: str, victim: str) -> list[str]:
+    """Make ``HubConnection.<method>`` raise once, for the connection registered as ``victim``."""
+    original: Callable[..., Any] = getattr(HubConnection, method)
+    raised: list[str] = []
+
+    def broken(connection: HubConnection, *args: Any) -> Any:
+        if connection.name == victim and not raised:
+            raised.append(method)
+            raise RuntimeError(f"a bug in HubConnection.{method}")
+        return original(connection, *args)
+
+    monkeypatch.setattr(HubConnection, method, broken)
+    return raised
+
+
 def _assert_victim_closed_with_1011(ws: Any) -> None:
     code, reason = read_until_closed(ws, timeout=5)
     assert (code, reason) == (1011, "internal error in the hub")
@@ -68,18 +84,18 @@ def _assert_hub_serves(hub: winerp.Hub, pair: tuple[Client, Client], caplog: pyt
 
 
 def test_a_bug_while_writing_to_one_client_costs_that_client_only(
-    hub: winerp.Hub, pair: tuple[Client, Client], caplog: pytest.LogCaptureFixture
+    hub: winerp.Hub, pair: tuple[Client, Client], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Writes are gathered and flushed for every client after the loop's turn: the bug strikes there."""
-    raised = _break_once(hub, "_flush", "victim")
+    raised = _break_connection_once(monkeypatch, "flush", "victim")
     with caplog.at_level(logging.INFO, logger="winerp"):
         ws = raw_ws(hub.port)
         ws.send_binary(encode_frame(Hello("victim", [])))  # its welcome is the write that fails
         _assert_victim_closed_with_1011(ws)
         ws.close()
-        assert raised == ["_flush"]
+        assert raised == ["flush"]
         _assert_hub_serves(hub, pair, caplog)
-    assert "a bug in Hub._flush" in caplog.text
+    assert "a bug in HubConnection.flush" in caplog.text
     assert "client 'victim' (127.0.0.1:" in caplog.text and "left: internal error in the hub" in caplog.text
 
 

@@ -2,12 +2,12 @@
 
 A single thread, ``winerp-hub``, waits on every socket at once (epoll where there is one)
 and does all the work: it accepts, reads the HTTP upgrade and asks `handshake.admit`,
-cuts the bytes of each connection into messages (`wsframe.FrameReader`), hands them to the
-router, and writes what the router answers. Writes are gathered per connection while the
-loop handles what arrived, then leave as one ``send`` each, so a burst costs few system
-calls and a lone request is not delayed. A client that stops reading is cut off once its
-backlog passes a bound, with a close reason; silent clients are dropped by a heartbeat
-sweep on the same thread.
+cuts the bytes of each connection into messages (`websocket.FrameReader`), hands them to the
+router, and queues what the router answers on each destination `HubConnection`
+(`winerp.hub.connection`, which also owns how a connection ends). Writes are gathered per
+connection while the loop handles what arrived, then leave as one ``send`` each, so a burst
+costs few system calls and a lone request is not delayed. Silent clients are dropped by a
+heartbeat sweep on the same thread. See docs/hub-internals.md.
 
 One thread serves every connection, so an idle connection costs a socket and a few
 objects, never a thread, and the router needs no lock against itself.
@@ -15,20 +15,20 @@ objects, never a thread, and the router needs no lock against itself.
 
 from __future__ import annotations
 
-import enum
 import logging
+import os
 import signal
 import socket
 import threading
 import time
 import types
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any
 
 from .. import errors
 from ..defaults import DEFAULT_HOST, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PORT
 from ..protocol.codec import Codec, Message, NativeCodec
-from ..protocol.router import Output, Router, Session, SessionState
+from ..protocol.router import Router, Session, SessionState
 from ..wire import handshake
 from ..wire.close import CloseCode
 from ..wire.websocket import (
@@ -39,12 +39,10 @@ from ..wire.websocket import (
     OP_TEXT,
     FrameError,
     FrameReader,
-    close_payload,
-    parse_close,
     server_frame,
-    server_header,
 )
-from .metrics import Rates
+from .connection import Connections, HubConnection, Stage, peer_address
+from .metrics import Rates, end_error
 from .poller import IN, OUT, Poller
 
 if TYPE_CHECKING:
@@ -57,105 +55,8 @@ __all__ = ["Hub", "DEFAULT_HOST", "DEFAULT_PORT", "DEFAULT_MAX_MESSAGE_SIZE"]
 # Named for what it logs, not for the module path: a stable name for users to configure.
 logger = logging.getLogger("winerp.hub")
 
-
-# Close codes (RFC 6455) the hub sends.
-
 _READ_SIZE = 256 * 1024
 _PING_FRAME = server_frame(OP_PING, b"")
-# Headers of the usual routed message, a binary frame of under 126 bytes, by size.
-_SHORT_BINARY_HEADERS = [server_header(OP_BINARY, size) for size in range(126)]
-# How long a connection may take to finish closing (our close frame sent) before it is cut:
-# a quiet peer gets _CLOSING_GRACE; one still sending (e.g. the rest of a message too big to
-# take) up to _CLOSING_LIMIT, since cutting it while it sends resets the connection and
-# loses the close frame and its reason.
-_CLOSING_GRACE = 2.0
-# Close codes that end a connection normally: not counted as errors (dashboard).
-_NOT_ERRORS = frozenset({CloseCode.NORMAL, CloseCode.GOING_AWAY, CloseCode.SERVICE_RESTART})
-_CLOSE_CODES = frozenset(int(code) for code in CloseCode)
-_CLOSING_LIMIT = 10.0
-
-
-def _address(peer: Any) -> str:
-    """``host:port`` of an accepted peer (``[host]:port`` for IPv6), for the log."""
-    if isinstance(peer, tuple) and len(peer) >= 2:
-        host, port = peer[0], peer[1]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-    return str(peer)
-
-
-def _note(connection: HubConnection, why: str) -> None:
-    """Record why ``connection`` ends, unless an earlier reason is known."""
-    if not connection.why:
-        connection.why = why
-
-
-class _Stage(enum.Enum):
-    TLS = "tls"  # TLS handshake in progress
-    HTTP = "http"  # reading the HTTP upgrade request
-    OPEN = "open"  # websocket open
-    CLOSING = "closing"  # our last bytes are queued; the socket half-closes once they are out
-    CLOSED = "closed"
-
-
-class HubConnection:
-    """One client connection at the hub: its socket, framing, output and session.
-
-    Only the hub's loop thread touches it.
-    """
-
-    __slots__ = (
-        "address",
-        "closing_since",
-        "connected_at",
-        "dirty",
-        "head",
-        "hub",
-        "last_received",
-        "native",
-        "number",
-        "out",
-        "out_bytes",
-        "reader",
-        "session",
-        "sock",
-        "stage",
-        "unsent",
-        "watching_writes",
-        "why",
-        "writing",
-    )
-
-    def __init__(self, hub: Hub, sock: socket.socket, number: int, now: float, tls: bool, address: str = "") -> None:
-        self.hub = hub
-        self.sock = sock
-        self.number = number
-        #: The peer's address, ``host:port``, for the log.
-        self.address = address
-        #: Why the connection ended (the first reason known), for the log.
-        self.why = ""
-        self.stage = _Stage.TLS if tls else _Stage.HTTP
-        self.native = True
-        self.head = b""
-        self.reader: FrameReader | None = None
-        self.session: Session | None = None
-        self.out: list[bytes] = []
-        self.out_bytes = 0
-        # Bytes a send took only in part. Kept apart from `out`: a TLS write that could not
-        # finish must be retried with the very same bytes.
-        self.unsent = b""
-        self.dirty = False
-        self.watching_writes = False
-        self.writing = False
-        self.connected_at = self.last_received = now
-        self.closing_since: float | None = None
-
-    @property
-    def name(self) -> str:
-        return self.session.name if self.session is not None else ""
-
-    def send_message(self, message: Message) -> None:
-        """Frame and queue one routed message for this client (the router's transport hook)."""
-        self.hub._queue_message(self, message)
 
 
 class Hub:
@@ -195,8 +96,6 @@ class Hub:
         handshake_timeout: float = 10.0,
         dashboard: bool = False,
     ) -> None:
-        import os
-
         self.host = host
         self._requested_port = port
         self._bound_port = port
@@ -212,21 +111,20 @@ class Hub:
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
         self._poller: Poller | None = None
-        # The connection behind each descriptor the poller watches (not the listener's or the waker's).
-        self._by_fd: dict[int, HubConnection] = {}
         self._waker: tuple[socket.socket, socket.socket] | None = None
         self._thread: threading.Thread | None = None
-        self._connections: set[HubConnection] = set()
-        #: Connections still in their TLS or HTTP handshake.
-        self._handshakes: set[HubConnection] = set()
-        self._dirty: list[HubConnection] = []
-        # `ssl` is imported only for a TLS hub: it loads OpenSSL, a few MB of memory.
         self._tls = ssl_context is not None
-        self._would_block: tuple[type[OSError], ...] = (BlockingIOError,)
+        would_block: tuple[type[OSError], ...] = (BlockingIOError,)
+        # Decrypted bytes a TLS socket holds beyond what the poller sees, read in the same turn.
+        self._tls_pending: Callable[[socket.socket], bool] | None = None
         if self._tls:
-            import ssl
+            from . import tls  # only here: it loads OpenSSL, a few MB of memory
 
-            self._would_block = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+            would_block = tls.WOULD_BLOCK
+            self._tls_pending = tls.has_pending
+        self._connections = Connections(
+            outbox_limit=self.outbox_limit, would_block=would_block, on_release=self._leave_router
+        )
         # One receive buffer for every read: a fresh 256 KiB bytes object per recv() would
         # cost an mmap, an mremap and a munmap each time.
         self._buffer = bytearray(_READ_SIZE)
@@ -285,16 +183,11 @@ class Hub:
         now = time.time()
         if self._rates.due(now):
             with self._lock:
-                router = self._router
-                sessions = router.sessions
-                totals = router.traffic.summary(
-                    sum(s.messages_out for s in sessions), sum(s.bytes_out for s in sessions)
-                )
-                self._rates.sample(now, totals)
+                self._rates.sample(now, self._router.counters.totals())
 
     def _count_error(self, kind: str) -> None:
         with self._lock:
-            self._router.traffic.error(kind)
+            self._router.counters.error(kind)
 
     def start(self) -> None:
         """Bind and start serving on a background thread; return once connections are accepted.
@@ -321,6 +214,7 @@ class Hub:
         for end in self._waker:
             end.setblocking(False)
         self._poller = Poller()
+        self._connections.poller = self._poller
         self._poller.register(listener)
         self._poller.register(self._waker[0])
         self._started = True
@@ -385,7 +279,8 @@ class Hub:
     def _run(self) -> None:
         assert self._poller is not None and self._listener is not None
         poll = self._poller.poll
-        by_fd = self._by_fd
+        connections = self._connections
+        by_fd = connections.by_fd
         listener = self._listener.fileno()
         sweep_every = min(0.5, self.heartbeat / 2)
         next_sweep = time.monotonic() + sweep_every
@@ -402,12 +297,12 @@ class Hub:
                             self._accept(now)
                         else:
                             self._drain_waker()  # or a stale event of a connection gone meanwhile
-                    if self._dirty:
-                        self._flush_all()
+                    if connections.dirty:
+                        connections.flush_all(self._fail)
                     if now >= next_sweep:
                         self._sweep(now)
                         self._sample_rates()  # dashboard hook
-                        self._flush_all()
+                        connections.flush_all(self._fail)
                         next_sweep = now + sweep_every
                 except Exception:
                     # The last net: errors of one connection are caught where they happen and
@@ -423,9 +318,12 @@ class Hub:
             if events == IN:  # the usual case
                 self._on_readable(connection, now)
                 return
-            if events & ~IN and connection.stage is not _Stage.CLOSED:
-                self._on_writable(connection)
-            if events & ~OUT and connection.stage is not _Stage.CLOSED:
+            if events & ~IN and connection.stage is not Stage.CLOSED:
+                if connection.stage is Stage.TLS:
+                    self._tls_handshake(connection)
+                else:
+                    connection.flush()
+            if events & ~OUT and connection.stage is not Stage.CLOSED:
                 self._on_readable(connection, now)
         except Exception:  # noqa: BLE001 - a bug: logged by _fail; it costs this connection, not the hub
             self._fail(connection)
@@ -437,30 +335,12 @@ class Hub:
         the clean-up fails, the connection is torn out of the loop by force.
         """
         logger.exception("connection %s (%s) failed", connection.number, connection.name or connection.address)
-        _note(connection, "internal error in the hub")
+        connection.note("internal error in the hub")
         try:
-            self._try_final(connection, CloseCode.INTERNAL_ERROR, "internal error in the hub")
-            self._discard(connection)
+            connection.abort(CloseCode.INTERNAL_ERROR, "internal error in the hub")
         except Exception:
             logger.exception("connection %s: clean-up failed; removing it by force", connection.number)
-            self._tear_out(connection)
-
-    def _tear_out(self, connection: HubConnection) -> None:
-        connection.stage = _Stage.CLOSED
-        self._connections.discard(connection)
-        self._handshakes.discard(connection)
-        fd = connection.sock.fileno()
-        if self._by_fd.get(fd) is connection:
-            del self._by_fd[fd]
-        try:
-            if self._poller is not None:
-                self._poller.unregister(connection.sock)
-        except Exception:  # noqa: BLE001 - the socket is closed next, which the poller forgets too
-            pass
-        try:
-            connection.sock.close()
-        except OSError:
-            pass
+            self._connections.tear_out(connection)
 
     def _drain_waker(self) -> None:
         assert self._waker is not None
@@ -471,7 +351,7 @@ class Hub:
             pass
 
     def _accept(self, now: float) -> None:
-        assert self._listener is not None and self._poller is not None
+        assert self._listener is not None
         while True:
             try:
                 sock, peer = self._listener.accept()
@@ -490,15 +370,11 @@ class Hub:
                 logger.debug("could not set up an accepted socket: %s", exc)
                 sock.close()
                 continue
-            connection = HubConnection(
-                self, sock, next(self._numbers), now, tls=self.ssl_context is not None, address=_address(peer)
-            )
-            self._connections.add(connection)
-            self._handshakes.add(connection)
+            number = next(self._numbers)
+            connection = HubConnection(self._connections, sock, number, now, tls=self._tls, address=peer_address(peer))
             try:
-                self._poller.register(sock)
-                self._by_fd[sock.fileno()] = connection
-                if connection.stage is _Stage.TLS:
+                self._connections.add(connection)
+                if connection.stage is Stage.TLS:
                     self._tls_handshake(connection)
             except Exception:  # noqa: BLE001 - a bug: logged by _fail; it costs this connection only
                 self._fail(connection)
@@ -506,57 +382,52 @@ class Hub:
     # reading
 
     def _on_readable(self, connection: HubConnection, now: float) -> None:
-        if connection.stage is _Stage.TLS:
+        if connection.stage is Stage.TLS:
             self._tls_handshake(connection)
             return
         sock = connection.sock
+        pending = self._tls_pending
         while True:
             try:
                 size = sock.recv_into(self._buffer)
-            except self._would_block:
+            except self._connections.would_block:
                 return
             except OSError as exc:
                 logger.debug("connection %s: read failed: %s", connection.number, exc)
-                _note(connection, f"connection lost: {exc}")
-                self._discard(connection)
+                connection.note(f"connection lost: {exc}")
+                connection.abort()
                 return
             if not size:
-                _note(connection, "connection lost (closed without a close frame)")
-                self._discard(connection)
+                connection.note("connection lost (closed without a close frame)")
+                connection.abort()
                 return
             data = self._view[:size].tobytes()
             connection.last_received = now
-            if connection.stage is _Stage.OPEN:
+            if connection.stage is Stage.OPEN:
                 self._on_frames(connection, data)
-            elif connection.stage is _Stage.HTTP:
+            elif connection.stage is Stage.HTTP:
                 self._on_request_bytes(connection, data)
-            # CLOSING: what still arrives is discarded until the peer closes its side.
-            if connection.stage is _Stage.CLOSED or not (self._tls and sock.pending()):  # type: ignore[attr-defined]
+            # CLOSING, HALF_CLOSED: what still arrives is dropped until the peer closes its side.
+            if connection.stage is Stage.CLOSED or not (pending is not None and pending(sock)):
                 return
 
     def _tls_handshake(self, connection: HubConnection) -> None:
-        import ssl
+        from . import tls  # loaded already: the hub has TLS
 
-        sock = connection.sock
-        assert isinstance(sock, ssl.SSLSocket)
-        try:
-            sock.do_handshake()
-        except ssl.SSLWantReadError:
-            self._watch(connection, write=False)
+        step = tls.handshake_step(connection.sock)
+        if step is tls.Step.FAILED:
+            connection.abort()
             return
-        except ssl.SSLWantWriteError:
-            self._watch(connection, write=True)
-            return
-        except (OSError, ValueError) as exc:
-            logger.debug("TLS handshake failed: %s", exc)
-            self._discard(connection)
-            return
-        connection.stage = _Stage.HTTP
-        self._watch(connection, write=False)
-        if sock.pending():
-            self._on_readable(connection, time.monotonic())
+        self._connections.watch_writes(connection, step is tls.Step.WANT_WRITE)
+        if step is tls.Step.DONE:
+            connection.stage = Stage.HTTP
+            if tls.has_pending(connection.sock):
+                self._on_readable(connection, time.monotonic())
+
+    # the HTTP stage: every request the hub answers passes here
 
     def _on_request_bytes(self, connection: HubConnection, data: bytes) -> None:
+        """Gather the request head; once it is whole, answer it (`_on_request`)."""
         head = connection.head = connection.head + data
         if b"\r\n\r\n" not in head:
             if len(head) > handshake.MAX_REQUEST_BYTES:
@@ -576,37 +447,50 @@ class Hub:
             # (a request body, pipelining) gets a clear refusal.
             self._refuse(connection, handshake.Refusal(400, "data sent before the handshake was answered"))
             return
+        connection.head = b""
+        self._on_request(connection, head)
+
+    def _on_request(self, connection: HubConnection, head: bytes) -> None:
+        """Answer one whole HTTP request head: open a websocket, or refuse with plain HTTP.
+
+        The one place that decides what a request gets; plain ``GET`` pages would be
+        answered here, before the upgrade check refuses them.
+        """
         if self._dashboard is not None:  # dashboard hook: plain HTTP GETs, never an upgrade
-            answer = self._dashboard.answer(head[:end])
+            answer = self._dashboard.answer(head)
             if answer is not None:
-                self._queue(connection, answer)
-                self._finish(connection)
+                connection.queue(answer)
+                connection.finish()
                 return
-        verdict = handshake.admit(head[:end], token=self.token, allowed_origins=self.allowed_origins)
+        verdict = handshake.admit(head, token=self.token, allowed_origins=self.allowed_origins)
         if isinstance(verdict, handshake.Refusal):
             self._refuse(connection, verdict)
-            return
-        connection.head = b""
-        connection.native = verdict.native
+        else:
+            self._open_websocket(connection, verdict)
+
+    def _refuse(self, connection: HubConnection, refusal: handshake.Refusal) -> None:
+        logger.info("refused a handshake: %d %s", refusal.status, refusal.reason)
+        self._count_error("handshake_refused")  # dashboard hook
+        connection.queue(refusal.response())
+        connection.finish()
+
+    def _open_websocket(self, connection: HubConnection, admission: handshake.Admission) -> None:
+        connection.native = admission.native
         codec: Codec
-        if verdict.native:
+        if admission.native:
             codec = NativeCodec()
         else:
             from ..protocol.legacy import LegacyCodec
 
             codec = LegacyCodec()
         connection.reader = FrameReader(masked=True, max_size=self.max_message_size)
-        connection.stage = _Stage.OPEN
-        self._handshakes.discard(connection)
-        self._queue(connection, handshake.switching_protocols(verdict))
+        connection.stage = Stage.OPEN
+        self._connections.handshakes.discard(connection)
+        connection.queue(handshake.switching_protocols(admission))
         with self._lock:
             connection.session = self._router.open(codec, connection, time.time())
 
-    def _refuse(self, connection: HubConnection, refusal: handshake.Refusal) -> None:
-        logger.info("refused a handshake: %d %s", refusal.status, refusal.reason)
-        self._count_error("handshake_refused")  # dashboard hook
-        self._queue(connection, refusal.response())
-        self._finish(connection)
+    # the websocket stage
 
     def _on_frames(self, connection: HubConnection, data: bytes) -> None:
         assert connection.reader is not None and connection.session is not None
@@ -614,255 +498,84 @@ class Hub:
         try:
             messages = reader.feed(data)
         except FrameError as exc:
-            self._terminate(connection, exc.code, exc.reason)
+            connection.close(exc.code, exc.reason)
             return
         self._on_messages(connection, messages)
         # The messages that came before a bad frame are handled first (above), then the
         # connection fails with the bad frame's close code.
         failure = reader.failure
         if failure is not None:
-            self._terminate(connection, failure.code, failure.reason)
+            connection.close(failure.code, failure.reason)
 
     def _on_messages(self, connection: HubConnection, messages: list[tuple[int, bytes]]) -> None:
-        assert connection.session is not None
-        session = connection.session
-        router = self._router
-        registering = session.state is SessionState.NEW
         for opcode, payload in messages:
-            if connection.stage is not _Stage.OPEN:
+            if connection.stage is not Stage.OPEN:
                 return
-            if opcode in (OP_BINARY, OP_TEXT):
-                message: Message = payload
-                if opcode == OP_TEXT:
-                    try:
-                        message = payload.decode()
-                    except UnicodeDecodeError:
-                        self._terminate(connection, CloseCode.INVALID_DATA, "text message is not valid UTF-8")
-                        return
+            if opcode == OP_BINARY:
+                self._on_message(connection, payload)
+            elif opcode == OP_TEXT:
                 try:
-                    with self._lock:
-                        out = router.receive(session, message)
-                except errors.ProtocolError as exc:
-                    self._terminate(connection, CloseCode.PROTOCOL_ERROR, str(exc))
+                    text = payload.decode()
+                except UnicodeDecodeError:
+                    connection.close(CloseCode.INVALID_DATA, "text message is not valid UTF-8")
                     return
-                except Exception:
-                    # A router bug must cost one connection, with a close frame, not the hub.
-                    logger.exception("routing a message from connection %s failed", connection.number)
-                    self._terminate(connection, CloseCode.INTERNAL_ERROR, "internal error in the hub")
-                    return
-                if registering and session.state is not SessionState.NEW:
-                    registering = False
-                    self._log_join(connection, session)
-                for destination, routed in out:
-                    self._queue_message(destination.transport, routed)
+                self._on_message(connection, text)
             elif opcode == OP_PING:
-                self._queue(connection, server_frame(OP_PONG, payload))
+                connection.queue(server_frame(OP_PONG, payload))
             elif opcode == OP_CLOSE:
-                code, reason = parse_close(payload)
-                _note(connection, "it closed the connection" + (f" ({code} {reason})" if code is not None else ""))
-                # Answer with the same code, then close once the answer is out.
-                self._queue(connection, server_frame(OP_CLOSE, payload[:2] if code is not None else b""))
-                self._finish(connection)
+                connection.answer_close(payload)
                 return
             # OP_PONG: being read at all is what counts (last_received).
+
+    def _on_message(self, connection: HubConnection, message: Message) -> None:
+        """Route one message from ``connection`` and queue what the router answers."""
+        session = connection.session
+        assert session is not None
+        registering = session.state is SessionState.NEW
+        try:
+            with self._lock:
+                out = self._router.receive(session, message)
+        except errors.ProtocolError as exc:
+            connection.close(CloseCode.PROTOCOL_ERROR, str(exc))
+            return
+        except Exception:
+            # A router bug must cost one connection, with a close frame, not the hub.
+            logger.exception("routing a message from connection %s failed", connection.number)
+            connection.close(CloseCode.INTERNAL_ERROR, "internal error in the hub")
+            return
+        if registering and session.state is not SessionState.NEW:
+            self._log_join(connection, session)
+        for destination, routed in out:
+            destination.transport.queue_message(routed)
 
     def _log_join(self, connection: HubConnection, session: Session) -> None:
         held = " (on hold: another client has the name)" if session.state is SessionState.HELD else ""
         kind = "" if connection.native else " (winerp 1.x)"
         logger.info("client %r joined from %s%s%s", session.name, connection.address, kind, held)
 
-    def _deliver(self, out: Output) -> None:
-        for session, message in out:
-            self._queue_message(session.transport, message)
-
-    # writing
-
-    def _queue_message(self, connection: HubConnection, message: Message) -> None:
-        """Queue one routed message for ``connection``, framed (header and body kept apart)."""
-        if connection.stage is _Stage.CLOSED or connection.writing:
-            return
-        if isinstance(message, bytes):
-            size = len(message)
-            header = _SHORT_BINARY_HEADERS[size] if size < 126 else server_header(OP_BINARY, size)
-        else:
-            message = message.encode()
-            header = server_header(OP_TEXT, len(message))
-        self._queue(connection, header, message)
-
-    def _queue(self, connection: HubConnection, *parts: bytes) -> None:
-        """Queue bytes for ``connection``; they leave in its next write, joined."""
-        if connection.stage is _Stage.CLOSED or connection.writing:
-            return
-        out = connection.out
-        for part in parts:
-            out.append(part)
-            connection.out_bytes += len(part)
-        if connection.out_bytes + len(connection.unsent) > self.outbox_limit:
-            self._overflowed(connection)
-            return
-        if not connection.dirty:
-            connection.dirty = True
-            self._dirty.append(connection)
-
-    def _flush_all(self) -> None:
-        while self._dirty:
-            dirty, self._dirty = self._dirty, []
-            for connection in dirty:
-                connection.dirty = False
-                if connection.stage is not _Stage.CLOSED:
-                    try:
-                        self._flush(connection)
-                    except Exception:  # noqa: BLE001 - a bug: logged by _fail; it costs this connection only
-                        self._fail(connection)
-
-    def _flush(self, connection: HubConnection) -> None:
-        sock = connection.sock
-        while True:
-            if not connection.unsent:
-                if not connection.out:
-                    break
-                out = connection.out
-                connection.unsent = out[0] if len(out) == 1 else b"".join(out)
-                connection.out = []
-                connection.out_bytes = 0
-            try:
-                sent = sock.send(connection.unsent)
-            except self._would_block:
-                sent = 0
-            except OSError as exc:
-                logger.debug("connection %s: write failed: %s", connection.number, exc)
-                _note(connection, f"connection lost: write failed: {exc}")
-                self._discard(connection)
-                return
-            if sent < len(connection.unsent):
-                connection.unsent = connection.unsent[sent:]
-                self._watch(connection, write=True)
-                return
-            connection.unsent = b""
-        if connection.watching_writes:
-            self._watch(connection, write=False)
-        if connection.stage is _Stage.CLOSING and connection.writing:
-            # Our last bytes are out. Half-close and keep reading (and discarding) until the
-            # peer closes too: closing with unread input would reset the connection, and the
-            # peer would lose the close frame and its reason.
-            connection.writing = False
-            try:
-                sock.shutdown(socket.SHUT_WR)
-            except OSError:
-                self._discard(connection)
-
-    def _on_writable(self, connection: HubConnection) -> None:
-        if connection.stage is _Stage.TLS:
-            self._tls_handshake(connection)
-        else:
-            self._flush(connection)
-
-    def _watch(self, connection: HubConnection, *, write: bool) -> None:
-        if connection.watching_writes == write:
-            return  # the usual case, decided without asking the poller
-        assert self._poller is not None
-        try:
-            self._poller.watch_writes(connection.sock, write)
-        except (KeyError, ValueError, OSError):
-            return
-        connection.watching_writes = write
-
-    # ending connections
-
-    def _terminate(self, connection: HubConnection, code: int, reason: str) -> None:
-        """Send a close frame, then end the connection once it is out."""
-        if connection.stage is not _Stage.OPEN:
-            if connection.stage in (_Stage.TLS, _Stage.HTTP):
-                self._discard(connection)
-            return
-        logger.info("closing connection %s (%s): %d %s", connection.number, connection.name, code, reason)
-        if code not in _NOT_ERRORS:  # dashboard hook
-            self._count_error(f"closed_{CloseCode(code).name.lower()}" if code in _CLOSE_CODES else f"closed_{code}")
-        _note(connection, f"closed by the hub: {code} {reason}")
-        self._queue(connection, server_frame(OP_CLOSE, close_payload(code, reason)))
-        self._finish(connection)
-
-    def _finish(self, connection: HubConnection) -> None:
-        """Stop taking input from ``connection``; close it once what is queued is written."""
-        if connection.stage is _Stage.CLOSED:
-            return
-        self._leave_router(connection)
-        connection.stage = _Stage.CLOSING
-        connection.closing_since = time.monotonic()
-        connection.writing = True  # the bytes queued so far are the last ones
-        self._handshakes.discard(connection)
-        if not connection.dirty:
-            connection.dirty = True
-            self._dirty.append(connection)
-
-    def _cut(self, connection: HubConnection, code: int, reason: str) -> None:
-        """Drop a connection whose peer has gone silent, at once, with no close handshake.
-
-        A silent peer (stopped, hung, or vanished with its TCP connection half-open) will
-        never answer a close frame: waiting for it would only delay failing the requests
-        that wait on it. The close frame is sent if it can go out at once.
-        """
-        logger.info("dropping connection %s (%s): %d %s", connection.number, connection.name, code, reason)
-        self._count_error("heartbeat_timeout" if reason.startswith("heartbeat") else "dropped")  # dashboard hook
-        _note(connection, f"dropped by the hub: {code} {reason}")
-        self._try_final(connection, code, reason)
-        self._discard(connection)
-
-    def _try_final(self, connection: HubConnection, code: int, reason: str) -> None:
-        # Never after a half-written frame, and never blocking.
-        if connection.unsent or connection.stage is not _Stage.OPEN:
-            return
-        try:
-            connection.sock.send(server_frame(OP_CLOSE, close_payload(code, reason)))
-        except (OSError, ValueError):
-            pass
-
-    def _overflowed(self, connection: HubConnection) -> None:
-        logger.warning(
-            "client %r is not reading: backlog over %d bytes, disconnecting", connection.name, self.outbox_limit
-        )
-        _note(connection, f"dropped by the hub: {CloseCode.OVERLOADED} too slow: outbound backlog full")
-        self._count_error("slow_consumer")  # dashboard hook
-        connection.out = []
-        connection.out_bytes = 0
-        self._try_final(connection, CloseCode.OVERLOADED, "too slow: outbound backlog full")
-        self._discard(connection)
-
     def _leave_router(self, connection: HubConnection) -> None:
+        """``connection`` ended: take its client out of the router and tell the others."""
         session = connection.session
         if session is None or session.state is SessionState.CLOSED:
             return
+        error = end_error(connection.why)  # dashboard hook: connections the hub ended, by kind
+        if error is not None:
+            self._count_error(error)
         if session.state is not SessionState.NEW:
             logger.info(
                 "client %r (%s) left: %s", session.name, connection.address, connection.why or "connection closed"
             )
         with self._lock:
             out = self._router.close(session)
-        self._deliver(out)
+        for destination, message in out:
+            destination.transport.queue_message(message)
 
-    def _discard(self, connection: HubConnection) -> None:
-        """Forget ``connection`` and close its socket at once. Idempotent."""
-        if connection.stage is _Stage.CLOSED:
-            return
-        connection.stage = _Stage.CLOSED
-        connection.out = []
-        connection.unsent = b""
-        self._connections.discard(connection)
-        self._handshakes.discard(connection)
-        if self._poller is not None:
-            if self._by_fd.get(connection.sock.fileno()) is connection:
-                del self._by_fd[connection.sock.fileno()]
-            self._poller.unregister(connection.sock)
-        try:
-            connection.sock.close()
-        except OSError:
-            pass
-        self._leave_router(connection)
+    # the sweep
 
     def _sweep(self, now: float) -> None:
         """Drop connections that went silent, never registered, or never finished closing."""
         dead_after = 5 * self.heartbeat
-        for connection in list(self._connections):
+        for connection in list(self._connections.all):
             try:
                 self._sweep_one(connection, now, dead_after)
             except Exception:  # noqa: BLE001 - a bug: logged by _fail; it costs this connection only
@@ -870,27 +583,37 @@ class Hub:
 
     def _sweep_one(self, connection: HubConnection, now: float, dead_after: float) -> None:
         """Drop ``connection`` if it went silent, never registered, or never finished closing."""
+        stage = connection.stage
         silence = now - connection.last_received
-        if connection.stage in (_Stage.TLS, _Stage.HTTP):
+        if stage is Stage.TLS or stage is Stage.HTTP:
             if now - connection.connected_at > self.handshake_timeout:
                 logger.info("closing a connection that did not finish its handshake in time")
-                self._discard(connection)
-        elif connection.stage is _Stage.CLOSING:
-            assert connection.closing_since is not None
-            closing_for = now - connection.closing_since
-            if closing_for > _CLOSING_LIMIT or (
-                closing_for > _CLOSING_GRACE and now - connection.last_received > _CLOSING_GRACE / 4
-            ):
-                self._discard(connection)
+                connection.abort()
+        elif stage is Stage.CLOSING or stage is Stage.HALF_CLOSED:
+            if connection.closing_overdue(now):
+                connection.abort()
         elif connection.session is None or connection.session.state is SessionState.NEW:
             if now - connection.connected_at > self.handshake_timeout:
-                self._terminate(connection, CloseCode.POLICY_VIOLATION, "no registration in time")
+                connection.close(CloseCode.POLICY_VIOLATION, "no registration in time")
         elif silence > dead_after:
-            self._cut(connection, CloseCode.POLICY_VIOLATION, f"heartbeat timeout: silent for {silence:.1f} s")
+            # A silent peer (stopped, hung, or vanished with its TCP connection half-open)
+            # will never answer a close frame: waiting for it would only delay failing the
+            # requests that wait on it.
+            reason = f"heartbeat timeout: silent for {silence:.1f} s"
+            logger.info(
+                "dropping connection %s (%s): %d %s",
+                connection.number,
+                connection.name,
+                CloseCode.POLICY_VIOLATION,
+                reason,
+            )
+            connection.abort(CloseCode.POLICY_VIOLATION, reason)
         elif not connection.native and silence > self.heartbeat:
             # winerp 1.x clients send nothing while idle, but their websocket library
             # answers a websocket ping, and the pong counts as traffic.
-            self._queue(connection, _PING_FRAME)
+            connection.queue(_PING_FRAME)
+
+    # stopping
 
     def _shut_down(self) -> None:
         """Tell every client the hub is going away, and give them `stop`'s timeout to close."""
@@ -899,31 +622,32 @@ class Hub:
             self._poller.unregister(self._listener)
             self._listener.close()
             self._listener = None
-        for connection in list(self._connections):
-            if connection.stage is _Stage.OPEN:
+        connections = self._connections
+        for connection in list(connections.all):
+            if connection.stage is Stage.OPEN:
                 # winerp 1.x clients take a 1001 close for a normal one and never notice; 1012
                 # ("service restart") makes them see the drop.
                 code = CloseCode.GOING_AWAY if connection.native else CloseCode.SERVICE_RESTART
-                self._terminate(connection, code, "hub shutting down")
+                connection.close(code, "hub shutting down")
             else:
-                self._discard(connection)
-        self._flush_all()
+                connection.abort()
+        self._connections.flush_all(self._fail)
         deadline = time.monotonic() + self._stop_timeout
-        while self._connections:
+        while connections.all:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
             for fd, events in self._poller.poll(min(remaining, 0.1)):
-                ready = self._by_fd.get(fd)
+                ready = connections.by_fd.get(fd)
                 if ready is None:
                     self._drain_waker()
                     continue
                 self._on_event(ready, events, time.monotonic())
-            self._flush_all()
+            self._connections.flush_all(self._fail)
 
     def _close_everything(self) -> None:
-        for connection in list(self._connections):
-            self._discard(connection)
+        for connection in list(self._connections.all):
+            connection.abort()
         if self._listener is not None:
             self._listener.close()
             self._listener = None

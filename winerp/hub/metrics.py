@@ -13,7 +13,9 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["Rates", "prometheus_text", "RATE_FIELDS", "HISTORY_SECONDS"]
+from ..wire.close import CloseCode
+
+__all__ = ["Rates", "prometheus_text", "end_error", "RATE_FIELDS", "HISTORY_SECONDS"]
 
 #: The totals sampled, in order: each becomes a per-second rate.
 RATE_FIELDS = ("messages_in", "messages_out", "bytes_in", "bytes_out", "errors")
@@ -103,33 +105,58 @@ def prometheus_text(status: dict[str, Any]) -> str:
     out.family("winerp_clients_held", "gauge", "Clients on hold (their name is taken).", [({}, held)])
     out.family("winerp_connections", "gauge", "Websocket connections open.", [({}, status["connections"])])
     out.family("winerp_requests_pending", "gauge", "Requests routed and not answered yet.", [({}, status["pending"])])
-    received = status["received"]
-    out.family(
-        "winerp_messages_received_total",
-        "counter",
-        "Messages clients sent to the hub, by kind.",
-        [({"kind": kind}, counts["messages"]) for kind, counts in received.items()],
-    )
-    out.family(
-        "winerp_received_bytes_total",
-        "counter",
-        "Bytes of the messages clients sent to the hub, by kind.",
-        [({"kind": kind}, counts["bytes"]) for kind, counts in received.items()],
-    )
-    totals = status["totals"]
-    out.family(
-        "winerp_messages_sent_total", "counter", "Messages the hub sent to clients.", [({}, totals["messages_out"])]
-    )
-    out.family("winerp_sent_bytes_total", "counter", "Bytes the hub sent to clients.", [({}, totals["bytes_out"])])
+    by_kind = status["by_kind"]
+    for unit, text in (("messages", "Messages"), ("bytes", "Bytes")):
+        out.family(
+            f"winerp_{unit}_total",
+            "counter",
+            f"{text} between the hub and its clients, by direction (in: from clients) and kind.",
+            [
+                ({"direction": direction, "kind": kind}, counts[unit])
+                for direction in ("in", "out")
+                for kind, counts in by_kind[direction].items()
+            ],
+        )
     out.family("winerp_messages_routed_total", "counter", "Messages the hub routed.", [({}, status["messages_routed"])])
     out.family(
         "winerp_errors_total",
         "counter",
-        "Failed requests and dropped connections, by kind.",
+        "Failed requests and connections the hub ended, by kind.",
         [({"kind": kind}, count) for kind, count in status["errors"].items()],
     )
     _client_families(out, clients)
     return "\n".join(out.lines) + "\n"
+
+
+# Close codes that end a connection normally: not errors.
+_NORMAL_CLOSES = frozenset({CloseCode.NORMAL, CloseCode.GOING_AWAY, CloseCode.SERVICE_RESTART})
+
+
+def end_error(why: str) -> str | None:
+    """The kind of error a connection that ended for ``why`` counts as, or None for a normal end.
+
+    ``why`` is the hub's own note of the reason (``"closed by the hub: 1002 ..."``,
+    ``"dropped by the hub: 1013 too slow ..."``, ``"internal error in the hub"``).
+    """
+    if why.startswith("internal error"):
+        return "internal_error"
+    prefix, _, rest = why.partition(": ")
+    if prefix not in ("closed by the hub", "dropped by the hub"):
+        return None
+    code_text, _, reason = rest.partition(" ")
+    if not code_text.isdigit() or int(code_text) in _NORMAL_CLOSES:
+        return None
+    code = int(code_text)
+    if code == CloseCode.OVERLOADED:
+        return "slow_consumer"
+    if reason.startswith("heartbeat timeout"):
+        return "heartbeat_timeout"
+    if reason.startswith("no registration"):
+        return "registration_timeout"
+    try:
+        return f"closed_{CloseCode(code).name.lower()}"
+    except ValueError:
+        return f"closed_{code}"
 
 
 def _client_families(out: _Writer, clients: list[dict[str, Any]]) -> None:

@@ -10,17 +10,7 @@ from __future__ import annotations
 from typing import Protocol, Union
 
 from .. import errors
-from .frames import (
-    FRAME_DECODER,
-    FRAME_ENCODER,
-    ErrorCode,
-    Frame,
-    Information,
-    Request,
-    Response,
-    decode_frame,
-    encode_frame,
-)
+from .frames import FRAME_ENCODER, ErrorCode, Frame, decode_frame
 
 __all__ = ["Codec", "NativeCodec", "Undeliverable", "Message"]
 
@@ -36,10 +26,8 @@ class Undeliverable(Exception):
         self.message = message
 
 
+# The bare encoder: the router encodes every frame it forwards through a codec.
 _encode_frame = FRAME_ENCODER.encode
-_decode_frame = FRAME_DECODER.decode
-# What a client reads most, and passes on as it is.
-_ROUTINE_FROM_HUB = frozenset({Request, Response, Information})
 
 
 class Codec(Protocol):
@@ -63,4 +51,4 @@ class NativeCodec:
 
     def encode(self, frame: Frame) -> list[Message]:
         """Encode ``frame`` as one binary message."""
-        return [encode_frame(frame)]
+        return [_encode_frame(frame)]

@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import collections
 import enum
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
-import msgspec
 from msgspec import Raw
 
 from .. import errors
 from .codec import Codec, Message, NativeCodec, Undeliverable
 from .frames import (
-    FRAME_DECODER,
     FRAME_ENCODER,
     HUB,
     MAX_NAME_LENGTH,
@@ -43,10 +42,9 @@ from .frames import (
 )
 from .traffic import Traffic
 
-__all__ = ["Router", "Session", "SessionState", "Output"]
+__all__ = ["Router", "Session", "SessionState", "Output", "Counters", "HubCounters", "Elsewhere"]
 
 _encode_frame = FRAME_ENCODER.encode
-_decode_frame = FRAME_DECODER.decode
 
 
 class SessionState(enum.Enum):
@@ -56,6 +54,33 @@ class SessionState(enum.Enum):
     HELD = "held"
     READY = "ready"
     CLOSED = "closed"
+
+
+class Counters:
+    """The traffic of one connection, in wire messages and bytes (what ``winerp status`` shows).
+
+    Counted in two places only: `Router.receive` (in) and `Router._emit` (out).
+    """
+
+    __slots__ = ("bytes_in", "bytes_out", "messages_in", "messages_out")
+
+    def __init__(self) -> None:
+        self.messages_in = self.messages_out = self.bytes_in = self.bytes_out = 0
+
+
+class HubCounters(Traffic):
+    """The hub's own counters, beside every session's `Counters`.
+
+    Its `Traffic` part (messages and bytes by kind and direction, errors by kind) is what the
+    dashboard, ``/metrics`` and the rates read.
+    """
+
+    __slots__ = ("messages_routed",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: Frames the router sent to a client (each may take several wire messages).
+        self.messages_routed = 0
 
 
 class Session:
@@ -69,12 +94,9 @@ class Session:
 
     __slots__ = (
         "awaiting",
-        "bytes_in",
-        "bytes_out",
         "codec",
         "connected_since",
-        "messages_in",
-        "messages_out",
+        "counters",
         "name",
         "native",
         "routes",
@@ -86,7 +108,7 @@ class Session:
 
     def __init__(self, codec: Codec, transport: Any, now: float) -> None:
         self.codec = codec
-        #: Speaks the native dialect: frames are encoded and decoded here without the codec.
+        #: Speaks the native dialect: one encoding of a frame serves every such session.
         self.native = isinstance(codec, NativeCodec)
         self.transport = transport
         self.connected_since = now
@@ -98,13 +120,29 @@ class Session:
         self.awaiting: dict[int, Session] = {}
         #: Requests other sessions sent to this one: (requester, request id).
         self.serving: set[tuple[Session, int]] = set()
-        self.messages_in = self.messages_out = self.bytes_in = self.bytes_out = 0
+        self.counters = Counters()
 
     def __repr__(self) -> str:
         return f"<Session {self.name or '?'} {self.state.value}>"
 
 
 Output = list[tuple[Session, Message]]
+
+
+class Elsewhere(Protocol):
+    """Where a router looks for a name that is not one of its own clients (e.g. a cluster of hubs).
+
+    Without one, a name not here is not connected. With one, `lookup` may return a session
+    that stands for a client of another hub: its codec encodes for that hub and its transport
+    carries the messages there, so requests, answers and informs take the same paths as
+    between two clients of this hub.
+    """
+
+    def lookup(self, name: str) -> Session | None:
+        """The session standing for ``name`` elsewhere, or None if it is nowhere."""
+
+    def announce(self, name: str, ready: bool) -> None:
+        """A client of this hub became ready (``True``) or left (``False``) under ``name``."""
 
 
 class Router:
@@ -124,13 +162,14 @@ class Router:
         self.max_message_size = max_message_size
         self.max_pending = max_pending
         self.sessions: set[Session] = set()
+        self.counters = HubCounters()
+        #: What the hub adds to `status` (uptime, rates): set by the hub (dashboard hook).
+        self.status_extra: Callable[[], dict[str, Any]] | None = None
+        #: Asked for names that are not here (see `Elsewhere`); None: a hub on its own.
+        self.elsewhere: Elsewhere | None = None
         self._by_name: dict[str, Session] = {}
         self._held: dict[str, collections.deque[Session]] = {}
-        self.messages_routed = 0
-        # dashboard hook: the traffic counters (read by status, the dashboard and /metrics), and
-        # what the hub adds to the status object (its rates); set by the hub.
-        self.traffic = Traffic()
-        self.status_extra: Any = None
+        # One handler per frame kind a client sends.
         self._handlers: dict[type, Any] = {
             Request: self._route_request,
             Response: self._route_answer,
@@ -151,13 +190,11 @@ class Router:
     def status(self) -> dict[str, Any]:
         """Counters of the hub and of every connection, for ``winerp status``."""
         status = self._status()
-        # dashboard hook: the traffic counters and the hub's own part (rates).
-        traffic = self.traffic
-        status["totals"] = traffic.summary(
-            sum(s.messages_out for s in self.sessions), sum(s.bytes_out for s in self.sessions)
-        )
-        status["received"] = traffic.received_by_kind()
-        status["errors"] = dict(sorted(traffic.errors.items()))
+        # dashboard hook: traffic by kind and direction, errors by kind, the hub's own part.
+        counters = self.counters
+        status["totals"] = counters.totals()
+        status["by_kind"] = counters.by_kind()
+        status["errors"] = dict(sorted(counters.errors.items()))
         status["pending"] = sum(len(s.awaiting) for s in self.sessions)
         if self.status_extra is not None:
             status.update(self.status_extra())
@@ -171,17 +208,17 @@ class Router:
                     "state": s.state.value,
                     "routes": sorted(s.routes) if s.routes_known else None,
                     "connected_since": s.connected_since,
-                    "messages_in": s.messages_in,
-                    "messages_out": s.messages_out,
-                    "bytes_in": s.bytes_in,
-                    "bytes_out": s.bytes_out,
+                    "messages_in": s.counters.messages_in,
+                    "messages_out": s.counters.messages_out,
+                    "bytes_in": s.counters.bytes_in,
+                    "bytes_out": s.counters.bytes_out,
                     "in_flight": len(s.awaiting),
                 }
                 for s in sorted(self.sessions, key=lambda s: (s.name, s.connected_since))
                 if s.state is not SessionState.NEW
             ],
             "connections": len(self.sessions),
-            "messages_routed": self.messages_routed,
+            "messages_routed": self.counters.messages_routed,
         }
 
     # lifecycle
@@ -198,29 +235,24 @@ class Router:
         Raises:
             ProtocolError: the message breaks the protocol; the caller closes the connection.
         """
-        session.messages_in += 1
-        session.bytes_in += len(message)
+        counters = session.counters
+        size = len(message)
+        counters.messages_in += 1
+        counters.bytes_in += size
         out: Output = []
-        if session.native and type(message) is bytes:
-            # The native codec's work, inline: this runs for every message the hub routes.
-            try:
-                frame = _decode_frame(message)
-            except (msgspec.DecodeError, RecursionError) as exc:
-                raise errors.ProtocolError(f"undecodable frame: {exc}") from None
-            counted = self.traffic.received.get(type(frame))  # dashboard hook: in, by kind
-            if counted is not None:
-                counted[0] += 1
-                counted[1] += len(message)
-            self._dispatch(session, frame, out)
-        else:
-            size = len(message)
-            for frame in session.codec.decode(message):
-                counted = self.traffic.received.get(type(frame))  # dashboard hook: in, by kind
-                if counted is not None:
-                    counted[0] += 1
-                    counted[1] += size
-                    size = 0  # a 1.x message that holds several frames is counted once in bytes
-                self._dispatch(session, frame, out)
+        received = self.counters.received
+        for frame in session.codec.decode(message):
+            kind = type(frame)
+            handler = self._handlers.get(kind)
+            if handler is None:
+                raise errors.ProtocolError(f"a client does not send {kind.__name__}")
+            # dashboard hook: in, by kind (`received` has a key for every kind handled). A 1.x
+            # message may hold several frames: its bytes count once.
+            entry = received[kind]
+            entry[0] += 1
+            entry[1] += size
+            size = 0
+            handler(session, frame, out)
         return out
 
     def close(self, session: Session) -> Output:
@@ -231,34 +263,20 @@ class Router:
         was_ready = session.state is SessionState.READY
         session.state = SessionState.CLOSED
         self.sessions.discard(session)
-        # dashboard hook: what this session was sent stays in the totals after it leaves.
-        self.traffic.sent_messages_retired += session.messages_out
-        self.traffic.sent_bytes_retired += session.bytes_out
         for request_id, destination in session.awaiting.items():
             destination.serving.discard((session, request_id))
         session.awaiting.clear()
         for requester, request_id in session.serving:
             requester.awaiting.pop(request_id, None)
-            self.traffic.error("peer_disconnected")  # dashboard hook
-            self._send(
-                out,
-                requester,
-                Failure(
-                    request_id,
-                    session.name,
-                    ErrorCode.PEER_DISCONNECTED,
-                    f"client {session.name!r} disconnected before answering",
-                ),
-            )
+            message = f"client {session.name!r} disconnected before answering"
+            self.counters.error("peer_disconnected")  # dashboard hook
+            self._send(out, requester, Failure(request_id, session.name, ErrorCode.PEER_DISCONNECTED, message))
         session.serving.clear()
         if was_ready:
             del self._by_name[session.name]
-            self._broadcast(out, Presence(session.name, False), exclude=None)
-            queue = self._held.get(session.name)
-            if queue:
-                successor = queue.popleft()
-                if not queue:
-                    del self._held[session.name]
+            self._presence(out, session, ready=False)
+            successor = self._unhold(session.name)
+            if successor is not None:
                 self._activate(out, successor)
         else:
             queue = self._held.get(session.name)
@@ -268,21 +286,17 @@ class Router:
                     del self._held[session.name]
         return out
 
-    # internals
+    # names
 
-    def _dispatch(self, session: Session, frame: Frame, out: Output) -> None:
-        handler = self._handlers.get(type(frame))
-        if handler is None:
-            raise errors.ProtocolError(f"a client does not send {type(frame).__name__}")
-        handler(session, frame, out)
+    def lookup(self, name: str) -> Session | None:
+        """The ready session called ``name``: the one place a destination is looked up.
 
-    def _add_routes(self, session: Session, frame: AddRoutes, out: Output) -> None:
-        self._require_registered(session, frame)
-        session.routes.update(frame.routes)
-
-    def _require_registered(self, session: Session, frame: Frame) -> None:
-        if session.state is SessionState.NEW:
-            raise errors.ProtocolError(f"{type(frame).__name__} before Hello: register a name first")
+        A client of this hub first; else whatever `elsewhere` knows; else None (not connected).
+        """
+        session = self._by_name.get(name)
+        if session is None and self.elsewhere is not None:
+            session = self.elsewhere.lookup(name)
+        return session
 
     def _register(self, session: Session, hello: Hello, out: Output) -> None:
         if session.state is not SessionState.NEW:
@@ -305,74 +319,52 @@ class Router:
         session.state = SessionState.READY
         self._by_name[session.name] = session
         self._send(out, session, self._welcome(session, on_hold=False))
-        self._broadcast(out, Presence(session.name, True), exclude=session)
+        self._presence(out, session, ready=True)
+
+    def _unhold(self, name: str) -> Session | None:
+        """The first client on hold for ``name``, taken off the queue, if any."""
+        queue = self._held.get(name)
+        if not queue:
+            return None
+        successor = queue.popleft()
+        if not queue:
+            del self._held[name]
+        return successor
+
+    def _presence(self, out: Output, session: Session, *, ready: bool) -> None:
+        """Tell every other ready client (and `elsewhere`) that ``session`` joined or left."""
+        self._fan_out(out, self._others(session), Presence(session.name, ready))
+        if self.elsewhere is not None:
+            self.elsewhere.announce(session.name, ready)
+
+    def _others(self, session: Session) -> list[Session]:
+        return [s for s in self._by_name.values() if s is not session]
 
     def _welcome(self, session: Session, *, on_hold: bool) -> Welcome:
         peers = [name for name in self._by_name if name != session.name]
         return Welcome(session.name, on_hold, self.heartbeat, self.max_message_size, sorted(peers))
 
-    def _destination(self, session: Session, request_id: int, peer: str, out: Output) -> Session | None:
-        """Return the ready session named ``peer``, or answer the requester and return None."""
+    def _add_routes(self, session: Session, frame: AddRoutes, out: Output) -> None:
+        self._require_registered(session, frame)
+        session.routes.update(frame.routes)
+
+    def _require_registered(self, session: Session, frame: Frame) -> None:
         if session.state is SessionState.NEW:
-            raise errors.ProtocolError("request before Hello: register a name first")
-        if session.state is not SessionState.READY:
-            self._fail(out, session, request_id, peer, ErrorCode.NOT_READY, "this client is on hold")
-            return None
-        if request_id in session.awaiting:
-            self._fail(out, session, request_id, peer, ErrorCode.BAD_REQUEST, "request id already in flight")
-            return None
-        if len(session.awaiting) >= self.max_pending:
-            self._fail(
-                out,
-                session,
-                request_id,
-                peer,
-                ErrorCode.TOO_MANY_PENDING,
-                f"more than {self.max_pending} requests in flight",
-            )
-            return None
-        destination = self._by_name.get(peer)
-        if destination is None:
-            self._fail(
-                out, session, request_id, peer, ErrorCode.DESTINATION_NOT_FOUND, f"client {peer!r} is not connected"
-            )
-        return destination
+            raise errors.ProtocolError(f"{type(frame).__name__} before Hello: register a name first")
+
+    # one path per frame kind
 
     def _route_request(self, session: Session, request: Request, out: Output) -> None:
-        request_id = request.id
-        awaiting = session.awaiting
-        destination = self._by_name.get(request.peer)
-        if (
-            destination is None
-            or not destination.native
-            or session.state is not SessionState.READY
-            or request_id in awaiting
-            or len(awaiting) >= self.max_pending
-        ):
-            self._route_request_carefully(session, request, out)
-            return
-        # The usual case, in one place: a ready client calls a native one.
-        message = _encode_frame(Request(request_id, session.name, request.route, request.args))
-        awaiting[request_id] = destination
-        destination.serving.add((session, request_id))
-        destination.messages_out += 1
-        destination.bytes_out += len(message)
-        self.messages_routed += 1
-        out.append((destination, message))
-
-    def _route_request_carefully(self, session: Session, request: Request, out: Output) -> None:
         if request.peer == HUB and session.state is SessionState.READY:
             self._answer_builtin(session, request, out)
             return
         destination = self._destination(session, request.id, request.peer, out)
-        if destination is None:
-            return
-        # A route the hub has not heard of goes to the client all the same, which answers
-        # RouteNotFound itself if it has none: its AddRoutes may be on its way on its own
-        # connection, and the hub cannot tell which of two connections spoke first.
-        self._forward(
-            out, session, destination, request.id, Request(request.id, session.name, request.route, request.args)
-        )
+        if destination is not None:
+            # A route the hub has not heard of goes to the client all the same, which answers
+            # RouteNotFound itself if it has none: its AddRoutes may be on its way on its own
+            # connection, and the hub cannot tell which of two connections spoke first.
+            forwarded = Request(request.id, session.name, request.route, request.args)
+            self._forward(out, session, destination, request.id, forwarded)
 
     def _route_ping(self, session: Session, ping: Ping, out: Output) -> None:
         if ping.peer == HUB:
@@ -382,7 +374,28 @@ class Router:
         if destination is not None:
             self._forward(out, session, destination, ping.id, Ping(ping.id, session.name))
 
+    def _destination(self, session: Session, request_id: int, peer: str, out: Output) -> Session | None:
+        """The session a request or ping from ``session`` goes to, or None once the requester is answered."""
+        if session.state is SessionState.NEW:
+            raise errors.ProtocolError("request before Hello: register a name first")
+        problem: tuple[ErrorCode, str] | None = None
+        destination = None
+        if session.state is not SessionState.READY:
+            problem = ErrorCode.NOT_READY, "this client is on hold"
+        elif request_id in session.awaiting:
+            problem = ErrorCode.BAD_REQUEST, "request id already in flight"
+        elif len(session.awaiting) >= self.max_pending:
+            problem = ErrorCode.TOO_MANY_PENDING, f"more than {self.max_pending} requests in flight"
+        else:
+            destination = self.lookup(peer)
+            if destination is None:
+                problem = ErrorCode.DESTINATION_NOT_FOUND, f"client {peer!r} is not connected"
+        if problem is not None:
+            self._fail(out, session, request_id, peer, *problem)
+        return destination
+
     def _forward(self, out: Output, requester: Session, destination: Session, request_id: int, frame: Frame) -> None:
+        """Send a request or ping on to ``destination`` and remember who waits for the answer."""
         try:
             messages = destination.codec.encode(frame)
         except Undeliverable as exc:
@@ -390,10 +403,10 @@ class Router:
             return
         requester.awaiting[request_id] = destination
         destination.serving.add((requester, request_id))
-        self._emit(out, destination, messages)
+        self._emit(out, destination, messages, type(frame))
 
     def _route_answer(self, session: Session, answer: Response | Failure | Pong, out: Output) -> None:
-        requester = self._by_name.get(answer.peer)
+        requester = self.lookup(answer.peer)
         # Only the session a request went to may answer it: late, stray or spoofed answers drop.
         if requester is None or requester.awaiting.get(answer.id) is not session:
             self._require_registered(session, answer)
@@ -402,20 +415,12 @@ class Router:
         session.serving.discard((requester, answer.id))
         forwarded: Frame
         if isinstance(answer, Response):
-            if requester.native:
-                # The usual case, in one place.
-                message = _encode_frame(Response(answer.id, session.name, answer.result))
-                requester.messages_out += 1
-                requester.bytes_out += len(message)
-                self.messages_routed += 1
-                out.append((requester, message))
-                return
             forwarded = Response(answer.id, session.name, answer.result)
         elif isinstance(answer, Pong):
             forwarded = Pong(answer.id, session.name)
         else:
             # dashboard hook: errors clients answer (remote_error, route_not_found, ...), by kind
-            self.traffic.error(_error_kind(answer.code))
+            self.counters.error(_error_kind(answer.code))
             forwarded = Failure(
                 answer.id, session.name, answer.code, answer.message, answer.remote_type, answer.traceback
             )
@@ -424,7 +429,7 @@ class Router:
         except Undeliverable as exc:
             self._fail(out, requester, answer.id, session.name, exc.code, exc.message)
             return
-        self._emit(out, requester, messages)
+        self._emit(out, requester, messages, type(forwarded))
 
     def _route_inform(self, session: Session, inform: Inform, out: Output) -> None:
         self._require_registered(session, inform)
@@ -432,22 +437,15 @@ class Router:
             return
         information = Information(session.name, inform.data)
         if not inform.peers:
-            self._broadcast(out, information, exclude=session)
+            self._fan_out(out, self._others(session), information)
             return
-        native_message = b""
+        shared: list[Message] = []
         for name in inform.peers if len(inform.peers) == 1 else dict.fromkeys(inform.peers):
-            destination = self._by_name.get(name)
+            destination = self.lookup(name)
             if destination is None:
                 self._fail(out, session, 0, name, ErrorCode.DESTINATION_NOT_FOUND, f"client {name!r} is not connected")
-            elif destination.native:
-                # Encoded once for every native destination.
-                native_message = native_message or _encode_frame(information)
-                destination.messages_out += 1
-                destination.bytes_out += len(native_message)
-                self.messages_routed += 1
-                out.append((destination, native_message))
             else:
-                self._send(out, destination, information)
+                shared = self._deliver(out, destination, information, shared)
 
     def _answer_builtin(self, session: Session, request: Request, out: Output) -> None:
         result: Any
@@ -464,12 +462,7 @@ class Router:
                     out, session, request.id, HUB, ErrorCode.BAD_REQUEST, "the hub's 'routes' takes route=<a name>"
                 )
                 return
-            result = [
-                s.name
-                for s in self._by_name.values()
-                if s is not session and (wanted in s.routes or not s.routes_known)
-            ]
-            result.sort()
+            result = sorted(s.name for s in self._others(session) if wanted in s.routes or not s.routes_known)
         else:
             self._fail(
                 out, session, request.id, HUB, ErrorCode.ROUTE_NOT_FOUND, f"the hub has no route {request.route!r}"
@@ -487,20 +480,31 @@ class Router:
             return {name: sorted(s.routes) if s.routes_known else [] for name, s in ready}
         return [name for name, _ in ready]
 
+    # output: every message leaves through _emit
+
     def _fail(self, out: Output, session: Session, request_id: int, peer: str, code: ErrorCode, message: str) -> None:
-        self.traffic.error(code.name.lower())  # dashboard hook: errors the hub answers, by kind
+        self.counters.error(code.name.lower())  # dashboard hook: errors the hub answers, by kind
         self._send(out, session, Failure(request_id, peer, code, message))
 
-    def _broadcast(self, out: Output, frame: Frame, exclude: Session | None) -> None:
-        native_message = b""
-        for destination in self._by_name.values():
-            if destination is exclude:
-                continue
-            if destination.native:
-                native_message = native_message or _encode_frame(frame)
-                self._emit(out, destination, [native_message])
-            else:
-                self._send(out, destination, frame)
+    def _fan_out(self, out: Output, destinations: list[Session], frame: Frame) -> None:
+        """Send one frame to many sessions."""
+        shared: list[Message] = []
+        for destination in destinations:
+            shared = self._deliver(out, destination, frame, shared)
+
+    def _deliver(self, out: Output, destination: Session, frame: Frame, shared: list[Message]) -> list[Message]:
+        """Send ``frame`` to one of many destinations; returns ``shared`` for the next one.
+
+        ``shared`` is the native encoding of ``frame`` once made: one encoding serves every
+        native destination (a broadcast inform, presence), while a winerp 1.x codec encodes
+        for its own connection.
+        """
+        if destination.native:
+            shared = shared or [_encode_frame(frame)]
+            self._emit(out, destination, shared, type(frame))
+        else:
+            self._send(out, destination, frame)
+        return shared
 
     def _send(self, out: Output, destination: Session, frame: Frame) -> None:
         try:
@@ -509,18 +513,27 @@ class Router:
             # Only informs and presence reach here with a payload a codec may refuse; there is
             # no caller waiting on them to tell.
             return
-        self._emit(out, destination, messages)
+        self._emit(out, destination, messages, type(frame))
 
-    def _emit(self, out: Output, destination: Session, messages: list[Message]) -> None:
+    def _emit(self, out: Output, destination: Session, messages: list[Message], kind: type) -> None:
+        """Add one frame's wire messages for ``destination`` to ``out``: the one place output is counted.
+
+        ``kind`` is the frame's class, for the hub's counts by kind.
+        """
+        counters = destination.counters
+        sent = self.counters.sent.get(kind) or self.counters.sent_entry(kind)  # dashboard hook: out, by kind
         for message in messages:
-            destination.messages_out += 1
-            destination.bytes_out += len(message)
+            size = len(message)
+            counters.messages_out += 1
+            counters.bytes_out += size
+            sent[0] += 1
+            sent[1] += size
             out.append((destination, message))
-        self.messages_routed += 1
+        self.counters.messages_routed += 1
 
 
 def _error_kind(code: int) -> str:
-    """The name of an error code as counted by `Traffic` (``remote_error``, ...)."""
+    """The name of an error code as the hub counts it (``remote_error``, ...)."""
     try:
         return ErrorCode(code).name.lower()
     except ValueError:

@@ -220,7 +220,18 @@ def _check_close(payload: bytes) -> None:
         raise FrameError(CloseCode.INVALID_DATA, "close reason is not valid UTF-8") from None
 
 
-def _extended_length(data: bytes, position: int, code: int) -> int:
+def _extended_length(data: bytes, position: int, end: int, code: int) -> tuple[int, int]:
+    """The header size and payload length of a frame whose 7-bit length ``code`` is 126 or 127.
+
+    The length is -1 when the bytes that hold it are not all in yet.
+    """
+    head = 4 if code == 126 else 10
+    if end - position < head:
+        return head, -1
+    return head, _read_extended_length(data, position, code)
+
+
+def _read_extended_length(data: bytes, position: int, code: int) -> int:
     """The payload length announced in 16 or 64 bits after the 7-bit ``code`` 126 or 127."""
     if code == 126:
         size: int = _U16.unpack_from(data, position + 2)[0]
@@ -294,25 +305,9 @@ class FrameReader:
             data = b"".join(self._chunks)
             self._chunks = []
         elif len(data) >= 4 and data[0] == 0x82 and self._fragments is None:
-            # The common case, taken in a few steps: exactly one whole, final, binary frame
-            # of under 64 KiB, masked as it must be (anything unusual takes the full path).
-            second = data[1]
-            size = second & 0x7F
-            head = 2
-            if size == 126:
-                size = _U16.unpack_from(data, 2)[0]
-                head = 4 if size >= 126 else -1  # a non-minimal length: the full path refuses it
-            elif size == 127:
-                head = -1  # 64-bit lengths take the full path
-            if (
-                head > 0
-                and size <= self.max_size
-                and (second >> 7) == self.masked
-                and len(data) == head + 4 * self.masked + size
-            ):
-                if not self.masked:
-                    return [(OP_BINARY, data[head:])]
-                return [(OP_BINARY, unmask(data[head + 4 :], data[head : head + 4]))]
+            whole = self._one_binary_frame(data)
+            if whole is not None:
+                return [(OP_BINARY, whole)]
         messages: list[tuple[int, bytes]] = []
         try:
             self._parse(data, messages)
@@ -325,12 +320,36 @@ class FrameReader:
                 raise
         return messages
 
+    def _one_binary_frame(self, data: bytes) -> bytes | None:
+        """The payload if ``data`` is exactly one whole, final binary frame of under 64 KiB, else None.
+
+        The common case, taken in a few steps (``data`` starts with 0x82 and has 4 bytes or
+        more); anything unusual takes the full path, which checks every rule.
+        """
+        second = data[1]
+        size = second & 0x7F
+        head = 2
+        if size == 126:
+            size = _U16.unpack_from(data, 2)[0]
+            if size < 126:
+                return None  # a non-minimal length: the full path refuses it
+            head = 4
+        elif size == 127:
+            return None  # 64-bit lengths take the full path
+        masked = self.masked
+        if size > self.max_size or (second >> 7) != masked or len(data) != head + 4 * masked + size:
+            return None
+        if not masked:
+            return data[head:]
+        return unmask(data[head + 4 :], data[head : head + 4])
+
     def _parse(self, data: bytes, messages: list[tuple[int, bytes]]) -> None:
         position = 0
         end = len(data)
         need = 0
         masked = self.masked
         mask_bit = 0x80 if masked else 0
+        mask_size = 4 if masked else 0
         while end - position >= 2:
             first = data[position]
             second = data[position + 1]
@@ -340,15 +359,13 @@ class FrameReader:
             size = second & 0x7F
             head = 2
             if size > 125:
-                head = 4 if size == 126 else 10
-                if end - position < head:
+                head, size = _extended_length(data, position, end, size)
+                if size < 0:
                     need = head
                     break
-                size = _extended_length(data, position, size)
-            if size > self.max_size or (opcode == OP_CONTINUATION and self._fragment_size + size > self.max_size):
-                raise FrameError(CloseCode.TOO_BIG, f"message over the limit of {self.max_size} bytes")
-            if masked:
-                head += 4
+            if size > self.max_size or opcode == OP_CONTINUATION:
+                self._check_size(opcode, size)
+            head += mask_size
             total = head + size
             if end - position < total:
                 need = total
@@ -357,26 +374,43 @@ class FrameReader:
             if masked:
                 payload = unmask(payload, data[position + head - 4 : position + head])
             position += total
-            if first & 0x80 and opcode <= OP_BINARY and opcode:
-                messages.append((opcode, payload))
-            elif opcode >= OP_CLOSE:
-                if opcode == OP_CLOSE:
-                    _check_close(payload)
-                    messages.append((opcode, payload))
-                    self.closed = self._done = True
-                    return  # nothing may follow a close frame: the rest is ignored
-                messages.append((opcode, payload))
-            elif opcode == OP_CONTINUATION:
-                self._continue(payload, first & 0x80, messages)
-            else:
-                self._fragments = [payload]
-                self._fragment_opcode = opcode
-                self._fragment_size = size
+            if self._take(first, opcode, payload, messages):
+                return  # a close frame: nothing may follow it, the rest is ignored
         if position < end:
-            rest = data[position:] if position else data
-            self._chunks = [rest]
-            self._have = len(rest)
-            self._need = max(need, 2)
+            self._keep(data, position, need)
+
+    def _keep(self, data: bytes, position: int, need: int) -> None:
+        """Hold the start of a frame not all in yet (from ``position``), until ``need`` bytes of it are."""
+        rest = data[position:] if position else data
+        self._chunks = [rest]
+        self._have = len(rest)
+        self._need = max(need, 2)
+
+    def _check_size(self, opcode: int, size: int) -> None:
+        """Refuse a frame that makes its message bigger than the limit (1009)."""
+        if opcode == OP_CONTINUATION:
+            size += self._fragment_size
+        if size > self.max_size:
+            raise FrameError(CloseCode.TOO_BIG, f"message over the limit of {self.max_size} bytes")
+
+    def _take(self, first: int, opcode: int, payload: bytes, messages: list[tuple[int, bytes]]) -> bool:
+        """Add what one checked frame completes to ``messages``; True for a close frame."""
+        if first & 0x80 and opcode <= OP_BINARY and opcode:
+            messages.append((opcode, payload))
+        elif opcode >= OP_CLOSE:
+            if opcode == OP_CLOSE:
+                _check_close(payload)
+                messages.append((opcode, payload))
+                self.closed = self._done = True
+                return True
+            messages.append((opcode, payload))
+        elif opcode == OP_CONTINUATION:
+            self._continue(payload, first & 0x80, messages)
+        else:
+            self._fragments = [payload]
+            self._fragment_opcode = opcode
+            self._fragment_size = len(payload)
+        return False
 
     def _check_header(self, first: int, second: int) -> None:
         """Check what the first two bytes of a frame decide; raise `FrameError` if they break a rule."""
