@@ -122,7 +122,7 @@ def test_metrics_parse_and_follow_the_traffic(dashboard_hub: winerp.Hub) -> None
         assert grew("winerp_bytes_total", direction="in", kind="request") > 0
         assert grew("winerp_bytes_total", direction="out", kind="response") > 0
         assert value(after, "winerp_errors_total", kind="destination_not_found") == 1
-        assert value(after, "winerp_client_messages_received_total", client="caller") >= 6
+        assert value(after, "winerp_client_messages_total", client="caller", direction="in") >= 6
 
         # A request in flight is pending until it is answered.
         waiting = threading.Thread(target=lambda: caller.request("slow", "server", timeout=20))

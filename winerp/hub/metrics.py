@@ -161,13 +161,17 @@ def end_error(why: str) -> str | None:
 
 def _client_families(out: _Writer, clients: list[dict[str, Any]]) -> None:
     ready = [c for c in clients if c["state"] == "ready"]
-    for field, name, text in (
-        ("messages_in", "winerp_client_messages_received_total", "Messages a client sent to the hub."),
-        ("messages_out", "winerp_client_messages_sent_total", "Messages the hub sent to a client."),
-        ("bytes_in", "winerp_client_received_bytes_total", "Bytes a client sent to the hub."),
-        ("bytes_out", "winerp_client_sent_bytes_total", "Bytes the hub sent to a client."),
-    ):
-        out.family(name, "counter", text, [({"client": c["name"]}, c[field]) for c in ready])
+    for unit, text in (("messages", "Messages"), ("bytes", "Bytes")):
+        out.family(
+            f"winerp_client_{unit}_total",
+            "counter",
+            f"{text} between the hub and one client, by direction (in: from the client).",
+            [
+                ({"client": c["name"], "direction": direction}, c[f"{unit}_{direction}"])
+                for c in ready
+                for direction in ("in", "out")
+            ],
+        )
     out.family(
         "winerp_client_requests_pending",
         "gauge",
