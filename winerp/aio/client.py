@@ -13,21 +13,11 @@ from typing import Any, Literal, overload
 
 from .. import errors
 from ..client.base import BaseClient, call_event, call_route, destinations_list, is_async_callable
-from ..client.core import Call
+from ..client.calls import Call
 
 __all__ = ["Client"]
 
 logger = logging.getLogger(__name__)
-# Asked for every request a handler serves; the answer never changes.
-_is_async_cached = functools.lru_cache(maxsize=4096)(is_async_callable)
-
-
-def _is_async(handler: Callable[..., Any]) -> bool:
-    """`is_async_callable`, remembered per handler (an unhashable callable object is asked each time)."""
-    try:
-        return _is_async_cached(handler)
-    except TypeError:
-        return is_async_callable(handler)
 
 
 class Client(BaseClient):
@@ -160,7 +150,7 @@ class Client(BaseClient):
             TypeError: an argument cannot be encoded (nothing was sent).
         """
         waiter, listener = self._waiter()
-        return await self._wait(self._core.request(source, route, kwargs, listener), waiter, timeout)
+        return await self._wait(self._core.request(source, route, kwargs, listener, timeout), waiter)
 
     async def inform(self, data: Any, destinations: str | list[str] | tuple[str, ...] | None = None) -> None:
         """Deliver ``data`` to the named clients, or to every other client; fire and forget.
@@ -180,7 +170,7 @@ class Client(BaseClient):
             RequestTimeout: no answer within ``timeout``.
         """
         waiter, listener = self._waiter()
-        return bool(await self._wait(self._core.ping(name, listener), waiter, timeout))
+        return bool(await self._wait(self._core.ping(name, listener, timeout), waiter))
 
     @overload
     async def peers(self, timeout: float = ..., routes: Literal[False] = ...) -> list[str]: ...
@@ -205,7 +195,7 @@ class Client(BaseClient):
             RequestTimeout: no answer within ``timeout``.
         """
         waiter, listener = self._waiter()
-        result: list[str] | dict[str, list[str]] = await self._wait(self._core.peers(routes, listener), waiter, timeout)
+        result: list[str] | dict[str, list[str]] = await self._wait(self._core.peers(routes, listener, timeout), waiter)
         return result
 
     async def request_many(
@@ -217,9 +207,8 @@ class Client(BaseClient):
             ``{name: return value, or the WinerpError that ended that call}``, once every call
             has ended and never later than ``timeout``.
         """
-        gathering = self._core.request_many(route, sources, kwargs)
-        loop = asyncio.get_running_loop()
-        timer = loop.call_later(timeout, gathering.expire, timeout)
+        gathering = self._core.request_many(route, sources, kwargs, timeout)
+        timer = asyncio.get_running_loop().call_later(gathering.timeout, gathering.expire)
         try:
             return await asyncio.wrap_future(gathering.future)
         finally:
@@ -231,15 +220,16 @@ class Client(BaseClient):
         When the call ends on the loop's own thread (the loop reads the connection), the
         outcome is passed on at once, without a wake-up.
         """
-        loop = self._running_loop()
+        loop = asyncio.get_running_loop()
         waiter = loop.create_future()
         on_thread = threading.get_ident()
 
         return waiter, lambda call: _call_on(loop, on_thread, _pass_on, call, waiter)
 
-    async def _wait(self, call: Call, waiter: asyncio.Future[Any], timeout: float) -> Any:
-        # The timer ends the call itself, so no wait_for task is needed.
-        timer = waiter.get_loop().call_later(timeout, self._core.expire, call, timeout)
+    async def _wait(self, call: Call, waiter: asyncio.Future[Any]) -> Any:
+        # The core knows the call's timeout and the error it ends with; a timer of the loop
+        # asks it to end the call then (so no wait_for task is needed).
+        timer = waiter.get_loop().call_later(call.timeout, self._core.expire, call)
         try:
             return await waiter
         except asyncio.CancelledError:
@@ -248,7 +238,7 @@ class Client(BaseClient):
         finally:
             timer.cancel()
 
-    # The core's Host hooks (lent through `HostHooks`), called by its reader thread
+    # The core's hooks (lent through `FacadeHooks`), called by the thread that read the request
 
     def _run_route(
         self,
@@ -258,7 +248,7 @@ class Client(BaseClient):
         finish: Callable[[Any, BaseException | None], None],
     ) -> None:
         """Run a coroutine handler on the loop, a plain one in a worker thread."""
-        if _is_async(handler):
+        if is_async_callable(handler):
             if not self._spawn(_run_route(handler, source, kwargs, finish)):
                 finish(None, errors.ClientNotReadyError(f"client {self.name!r} has no running event loop"))
             return
@@ -270,7 +260,7 @@ class Client(BaseClient):
 
     def _run_event(self, handler: Callable[..., Any], args: tuple[Any, ...]) -> None:
         """Run an event handler: coroutines as tasks on the loop, plain functions on the event thread."""
-        if _is_async(handler):
+        if is_async_callable(handler):
             self._spawn(_run_event(handler, args))
             return
         pool = self._workers.events()
@@ -318,17 +308,6 @@ class Client(BaseClient):
             reader.close()
             return None
         return reader.can_read
-
-    def _running_loop(self) -> asyncio.AbstractEventLoop:
-        """The loop this call runs on: the client's own when called from its thread.
-
-        `asyncio.get_running_loop` asks the system for the process id on every call (to
-        notice a fork); a request spares that when it runs on the loop that started the client.
-        """
-        loop = self._loop
-        if loop is not None and threading.get_ident() == self._loop_thread and loop.is_running():
-            return loop  # a thread runs one loop at a time: this one
-        return asyncio.get_running_loop()
 
     def _on_loop(self) -> bool:
         return threading.get_ident() == self._loop_thread

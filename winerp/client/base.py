@@ -2,7 +2,7 @@
 
 `BaseClient` holds everything that does not wait. The two facades subclass it and add
 only the methods that wait (blocking, or awaitable) and the hooks that decide where user
-handlers run; those reach the core through a private `HostHooks`, so they are no part of
+handlers run; those reach the core through a private `FacadeHooks`, so they are no part of
 a client's public methods.
 """
 
@@ -19,11 +19,13 @@ from typing import Any, TypeVar, overload
 
 from .. import errors
 from ..defaults import DEFAULT_HOST, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PORT
-from .core import Backoff, ClientCore, Host
+from .core import ClientCore
+from .events import Hooks
+from .opening import Backoff
 
 __all__ = [
     "BaseClient",
-    "HostHooks",
+    "FacadeHooks",
     "WorkerPools",
     "Workers",
     "destinations_list",
@@ -101,8 +103,8 @@ def _handler_name(handler: Callable[..., Any]) -> str:
     return name
 
 
-class HostHooks:
-    """The `Host` a facade lends the core: where its route and event handlers run.
+class FacadeHooks:
+    """The `Hooks` a facade lends the core: where its route and event handlers run.
 
     A separate object, so that the hooks stay private to the facades (they are not the
     client's own methods); it holds the bound methods themselves, so the core calls them
@@ -284,7 +286,7 @@ class BaseClient:
         backoff_max: float = 3.0,
         handler_workers: int = 32,
     ) -> None:
-        hooks: Host = HostHooks(self._run_route, self._run_event, self._lend_reader)
+        hooks: Hooks = FacadeHooks(self._run_route, self._run_event, self._lend_reader)
         self._core = ClientCore(
             local_name,
             host,
@@ -400,13 +402,13 @@ class BaseClient:
         kwargs: dict[str, Any],
         finish: Callable[[Any, BaseException | None], None],
     ) -> None:
-        """Run a route handler off the reader thread, then call ``finish`` (`Host.run_route`)."""
+        """Run a route handler off the reader thread, then call ``finish`` (`Hooks.run_route`)."""
         raise NotImplementedError
 
     def _run_event(self, handler: Callable[..., Any], args: tuple[Any, ...]) -> None:
-        """Run an event handler off the reader thread, in order (`Host.run_event`)."""
+        """Run an event handler off the reader thread, in order (`Hooks.run_event`)."""
         raise NotImplementedError
 
     def _lend_reader(self, fileno: int, read: Callable[[], bool]) -> Callable[[], bool] | None:
-        """Offer to read the connection (`Host.lend_reader`); None declines."""
+        """Offer to read the connection (`Hooks.lend_reader`); None declines."""
         return None

@@ -78,8 +78,22 @@ class ClientState(enum.Enum):
 class ClientProtocol:
     """One client connection's protocol state: frames out, events in, heartbeat.
 
-    One instance lives for one connection; a reconnect makes a new one. Not thread-safe:
-    the caller serialises calls (the core does, with its send path and its single reader).
+    One instance lives for one connection; a reconnect makes a new one. No lock (this
+    module does no I/O and knows no threads): the methods split in three groups, and the
+    contract of each says which threads may call it.
+
+    - Encoders (`request`, `ping`, `inform`, `respond`, `fail`, `route_not_found`, `pong`,
+      `add_routes`): any thread, any number at once. They change no state: they read
+      ``name`` (fixed) and ``max_message_size`` (one attribute, replaced whole by a
+      Welcome, so an encoder sees the old limit or the new one; the hub enforces its own
+      either way), and draw request ids with one ``next()`` on ``ids``, an
+      `itertools.count` (one C call, which no other thread interleaves with).
+    - The incoming side (`hello`, then `receive`): one caller at a time (the core's reader
+      seat). It alone changes ``state``, ``heartbeat`` and ``max_message_size``.
+    - The heartbeat (`heard`, `heartbeat_due`): one caller at a time (the connection's own
+      thread), possibly while `receive` runs. The one thing they share with it is the time
+      the hub last spoke, a float attribute that each replaces whole: read before or after
+      a `receive`, it is right either way.
 
     Args:
         name: The client's name on the hub.
@@ -97,7 +111,6 @@ class ClientProtocol:
         self.state = ClientState.CONNECTING
         self.max_message_size = max_message_size
         self.heartbeat = 1.0
-        self.peers: list[str] = []
         self._ids = ids if ids is not None else itertools.count(1)
         self._last_received = now
         self._last_ping = now
@@ -113,32 +126,32 @@ class ClientProtocol:
         """Return the frame that registers ``routes`` after `hello`."""
         return encode_frame(AddRoutes(sorted(routes)))
 
-    def request(self, peer: str, route: str, args: dict[str, Any]) -> tuple[int, bytes]:
-        """Return a new request id and the frame calling ``route`` on ``peer``.
+    def request(self, destination: str, route: str, args: dict[str, Any]) -> tuple[int, bytes]:
+        """Return a new request id and the frame calling ``route`` on ``destination``.
 
         Raises:
             TypeError: an argument cannot be encoded.
             PayloadTooLarge: the frame exceeds the size limit.
         """
         request_id = next(self._ids)
-        frame = _encode_frame(Request(request_id, peer, route, Raw(encode_value(args))))
+        frame = _encode_frame(Request(request_id, destination, route, Raw(encode_value(args))))
         if len(frame) > self.max_message_size:
             self._check_size(frame)
         return request_id, frame
 
-    def ping(self, peer: str) -> tuple[int, bytes]:
-        """Return a new request id and the frame that pings ``peer`` (`HUB` for the hub)."""
+    def ping(self, destination: str) -> tuple[int, bytes]:
+        """Return a new request id and the frame that pings ``destination`` (`HUB` for the hub)."""
         request_id = next(self._ids)
-        return request_id, encode_frame(Ping(request_id, peer))
+        return request_id, encode_frame(Ping(request_id, destination))
 
-    def inform(self, data: Any, peers: list[str]) -> bytes:
-        """Return the frame delivering ``data`` to ``peers`` (everyone else when empty).
+    def inform(self, data: Any, destinations: list[str]) -> bytes:
+        """Return the frame delivering ``data`` to ``destinations`` (everyone else when empty).
 
         Raises:
             TypeError: the data cannot be encoded.
             PayloadTooLarge: the frame exceeds the size limit.
         """
-        frame = encode_frame(Inform(peers, Raw(encode_value(data))))
+        frame = encode_frame(Inform(destinations, Raw(encode_value(data))))
         self._check_size(frame)
         return frame
 
@@ -211,7 +224,6 @@ class ClientProtocol:
             self.heartbeat = frame.heartbeat
             # The client's own limit stands unless the hub's is stricter.
             self.max_message_size = min(self.max_message_size, frame.max_message_size)
-            self.peers = list(frame.peers)
         elif isinstance(frame, (Hello, AddRoutes, Inform)):
             raise errors.ProtocolError(f"a hub does not send {type(frame).__name__}")
         return frame

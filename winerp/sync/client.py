@@ -9,7 +9,7 @@ from typing import Any, Literal, overload
 
 from .. import errors
 from ..client.base import BaseClient, call_event, call_route, destinations_list
-from ..client.core import Call
+from ..client.calls import Call
 
 __all__ = ["Client"]
 
@@ -69,8 +69,17 @@ class Client(BaseClient):
                 connection dropped with ``reconnect=False``, or it was closed): that error,
                 at once, whatever ``timeout`` is.
         """
-        if not self._core.wait_until_ready(timeout):
-            raise errors.RequestTimeout(f"client {self.name!r} not ready within {timeout} s")
+        if self._core.is_ready:
+            return
+        ready = self._core.ready_future()
+        try:
+            ready.result(timeout)
+        except concurrent.futures.TimeoutError:
+            # RequestTimeout is a TimeoutError too: it may be the error the client gave up with.
+            if ready.done():
+                raise
+            ready.cancel()
+            raise errors.RequestTimeout(f"client {self.name!r} not ready within {timeout} s") from None
 
     def close(self) -> None:
         """Leave the hub; requests in flight fail with `ConnectionLost`. Idempotent."""
@@ -103,7 +112,7 @@ class Client(BaseClient):
         """
         ended = threading.Lock()
         ended.acquire()
-        return self._wait(self._core.request(source, route, kwargs, lambda _: ended.release()), ended, timeout)
+        return self._wait(self._core.request(source, route, kwargs, lambda _: ended.release(), timeout), ended)
 
     def inform(self, data: Any, destinations: str | list[str] | tuple[str, ...] | None = None) -> None:
         """Deliver ``data`` to the named clients, or to every other client; fire and forget.
@@ -124,7 +133,7 @@ class Client(BaseClient):
         """
         ended = threading.Lock()
         ended.acquire()
-        return bool(self._wait(self._core.ping(name, lambda _: ended.release()), ended, timeout))
+        return bool(self._wait(self._core.ping(name, lambda _: ended.release(), timeout), ended))
 
     @overload
     def peers(self, timeout: float = ..., routes: Literal[False] = ...) -> list[str]: ...
@@ -151,7 +160,7 @@ class Client(BaseClient):
         ended = threading.Lock()
         ended.acquire()
         result: list[str] | dict[str, list[str]] = self._wait(
-            self._core.peers(routes, lambda _: ended.release()), ended, timeout
+            self._core.peers(routes, lambda _: ended.release(), timeout), ended
         )
         return result
 
@@ -164,37 +173,38 @@ class Client(BaseClient):
             ``{name: return value, or the WinerpError that ended that call}``, once every call
             has ended and never later than ``timeout``.
         """
-        gathering = self._core.request_many(route, sources, kwargs)
+        gathering = self._core.request_many(route, sources, kwargs, timeout)
         try:
-            return gathering.future.result(timeout)
+            return gathering.future.result(gathering.timeout)
         except errors.WinerpError:
             raise
         except concurrent.futures.TimeoutError:
-            gathering.expire(timeout)
+            gathering.expire()
             return gathering.future.result(1)
 
     def _call_hub(self, route: str, timeout: float) -> Any:
         ended = threading.Lock()
         ended.acquire()
-        return self._wait(self._core.call_hub(route, None, lambda _: ended.release()), ended, timeout)
+        return self._wait(self._core.call_hub(route, None, lambda _: ended.release(), timeout), ended)
 
-    def _wait(self, call: Call, ended: threading.Lock, timeout: float) -> Any:
+    def _wait(self, call: Call, ended: threading.Lock) -> Any:
         """Wait for ``call``, whose listener releases ``ended``; its value, or raise its error.
 
         A plain lock released by the thread that ends the call wakes this one exactly once.
+        The core knows the call's timeout and the error it ends with; this only waits.
         """
         try:
-            if not ended.acquire(timeout=timeout):
+            if not ended.acquire(timeout=call.timeout):
                 # Ends the call now, unless another thread is ending it this instant; either
                 # way `ended` is released at once.
-                self._core.expire(call, timeout)
+                self._core.expire(call)
                 ended.acquire(timeout=5)
         except BaseException:
             self._core.forget(call)  # e.g. KeyboardInterrupt: a late answer is dropped
             raise
         return call.outcome()
 
-    # The core's Host hooks (lent through `HostHooks`), called by its reader thread
+    # The core's hooks (lent through `FacadeHooks`), called by the thread that read the request
 
     _accepts_async_handlers = False  # handlers run on threads: an async one is refused at registration
 
