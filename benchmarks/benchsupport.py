@@ -27,6 +27,8 @@ from typing import Any
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 HARNESS_ENV = "WINERP_BENCH_HARNESS"
+#: Set (to anything) to run the hub with ``--dashboard``.
+DASHBOARD_ENV = "WINERP_BENCH_DASHBOARD"
 DEFAULT_HARNESS = REPO_ROOT.parent / "shared" / "bench"
 
 # This checkout's winerp, not whatever else is installed: the benchmarks measure the tree they
@@ -44,6 +46,9 @@ def spawn_hub(benchlib: ModuleType, timeout: float) -> tuple[Any, int]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     argv = [sys.executable, "-m", "winerp", "hub", "--host", benchlib.HOST, "--port", "0"]
+    if os.environ.get(DASHBOARD_ENV):
+        # The same hub with its dashboard on (nothing polls it): what serving it costs routing.
+        argv.append("--dashboard")
     child = benchlib.Child("hub", argv, env=env, place="hub")
     line = child.wait_line("winerp hub", timeout)
     found = re.search(r":(\d+) ", line)

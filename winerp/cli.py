@@ -62,6 +62,11 @@ def _hub_options(parser: argparse.ArgumentParser) -> None:
         help="name of the cluster to join on that NATS server (default: %(default)s)",
     )
     parser.add_argument(
+        "--dashboard",
+        action="store_true",
+        help="also serve a live web page (/), /status.json and /metrics (Prometheus) on the hub's port (default: off)",
+    )
+    parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level (default INFO)"
     )
 
@@ -100,6 +105,7 @@ def _run_hub(args: argparse.Namespace) -> int:
         heartbeat=args.heartbeat,
         cluster=args.cluster,
         cluster_name=args.cluster_name,
+        dashboard=args.dashboard,
     )
     try:
         hub.start()
@@ -110,11 +116,18 @@ def _run_hub(args: argparse.Namespace) -> int:
         print(f"winerp: {exc}", file=sys.stderr)
         return 1
     print(f"winerp hub {__version__} listening on {args.host}:{hub.port} (Ctrl-C to stop)", flush=True)
+    if args.dashboard:
+        scheme = "https" if context is not None else "http"
+        print(f"dashboard: {scheme}://{args.host}:{hub.port}/  metrics: /metrics", flush=True)
     hub.serve_forever()
     return 0
 
 
 def _run_status(args: argparse.Namespace) -> int:
+    if args.watch:
+        from .watch import watch
+
+        return watch(args.host, args.port, args.token)
     from .sync import Client
     from .sync.client import hub_status
 
@@ -182,6 +195,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     status.add_argument("--token", default=None, help="the hub's shared secret (default: $WINERP_TOKEN, else none)")
     status.add_argument(
         "--json", action="store_true", help="print one JSON object instead of a table (default: a table)"
+    )
+    status.add_argument(
+        "--watch",
+        action="store_true",
+        help="a live view, redrawn every second until Ctrl-C (default: print once)",
     )
     args = parser.parse_args(argv)
     if args.command == "demo":

@@ -42,12 +42,14 @@ from ..wire.websocket import (
     server_frame,
 )
 from .connection import Connections, HubConnection, Stage, peer_address
+from .metrics import Rates, end_error
 from .poller import IN, OUT, Poller
 
 if TYPE_CHECKING:
     import ssl
 
     from ..cluster.link import ClusterLink
+    from .dashboard import Dashboard
 
 __all__ = ["Hub", "DEFAULT_HOST", "DEFAULT_PORT", "DEFAULT_MAX_MESSAGE_SIZE"]
 
@@ -78,6 +80,8 @@ class Hub:
             ``$WINERP_CLUSTER``): the clients of every hub of the cluster then share one
             namespace. Needs ``pip install 'winerp[cluster]'``; see docs/cluster.md.
         cluster_name: The cluster to join on that NATS server.
+        dashboard: Also answer plain HTTP ``GET``s on the hub's port: ``/`` a live web page,
+            ``/status.json`` and ``/metrics`` (Prometheus), each behind the token if there is one.
 
     Use as a context manager, or call `start` and `stop`, or `serve_forever`. Thread-safe.
     """
@@ -97,6 +101,7 @@ class Hub:
         handshake_timeout: float = 10.0,
         cluster: str | None = None,
         cluster_name: str = "winerp",
+        dashboard: bool = False,
     ) -> None:
         self.host = host
         self._requested_port = port
@@ -158,6 +163,17 @@ class Hub:
         self._stopped = threading.Event()
         self._started = False
         self._numbers = iter(range(1, 1 << 62))
+        # dashboard hook: the rates ring, sampled on the sweep, and the HTTP answers.
+        self._started_at = time.time()
+        self._rates = Rates()
+        self._router.status_extra = self._status_extra
+        self._dashboard: Dashboard | None = None
+        if dashboard:
+            from .dashboard import Dashboard
+
+            self._dashboard = Dashboard(
+                self.status, token=self.token, allowed_origins=self.allowed_origins, tls=self._tls
+            )
 
     # public API
 
@@ -176,6 +192,31 @@ class Hub:
         """The hub's counters and every client's (what ``winerp status`` prints)."""
         with self._lock:
             return self._router.status()
+
+    # dashboard hooks
+
+    def _status_extra(self) -> dict[str, Any]:
+        """The hub's part of its status object: uptime and rates. Call with the lock held."""
+        now = time.time()
+        return {
+            "hub": {
+                "started": self._started_at,
+                "uptime_s": round(now - self._started_at, 3),
+                "dashboard": self._dashboard is not None,
+            },
+            "rates": self._rates.history(),
+        }
+
+    def _sample_rates(self) -> None:
+        """Put the counters in the rates ring (from the sweep: about once a second, never per message)."""
+        now = time.time()
+        if self._rates.due(now):
+            with self._lock:
+                self._rates.sample(now, self._router.counters.totals())
+
+    def _count_error(self, kind: str) -> None:
+        with self._lock:
+            self._router.counters.error(kind)
 
     def start(self) -> None:
         """Bind and start serving on a background thread; return once connections are accepted.
@@ -302,6 +343,7 @@ class Hub:
                         connections.flush_all(self._fail)
                     if now >= next_sweep:
                         self._sweep(now)
+                        self._sample_rates()  # dashboard hook
                         connections.flush_all(self._fail)
                         next_sweep = now + sweep_every
                 except Exception:
@@ -456,6 +498,12 @@ class Hub:
         The one place that decides what a request gets; plain ``GET`` pages would be
         answered here, before the upgrade check refuses them.
         """
+        if self._dashboard is not None:  # dashboard hook: plain HTTP GETs, never an upgrade
+            answer = self._dashboard.answer(head)
+            if answer is not None:
+                connection.queue(answer)
+                connection.finish()
+                return
         verdict = handshake.admit(head, token=self.token, allowed_origins=self.allowed_origins)
         if isinstance(verdict, handshake.Refusal):
             self._refuse(connection, verdict)
@@ -464,6 +512,7 @@ class Hub:
 
     def _refuse(self, connection: HubConnection, refusal: handshake.Refusal) -> None:
         logger.info("refused a handshake: %d %s", refusal.status, refusal.reason)
+        self._count_error("handshake_refused")  # dashboard hook
         connection.queue(refusal.response())
         connection.finish()
 
@@ -568,6 +617,9 @@ class Hub:
         session = connection.session
         if session is None or session.state is SessionState.CLOSED:
             return
+        error = end_error(connection.why)  # dashboard hook: connections the hub ended, by kind
+        if error is not None:
+            self._count_error(error)
         if session.state is not SessionState.NEW:
             logger.info(
                 "client %r (%s) left: %s", session.name, connection.address, connection.why or "connection closed"

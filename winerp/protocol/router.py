@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import enum
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from msgspec import Raw
@@ -39,6 +40,7 @@ from .frames import (
     encode_value,
     name_problem,
 )
+from .traffic import Traffic
 
 __all__ = ["Router", "Session", "SessionState", "Output", "Counters", "HubCounters", "Elsewhere"]
 
@@ -66,12 +68,17 @@ class Counters:
         self.messages_in = self.messages_out = self.bytes_in = self.bytes_out = 0
 
 
-class HubCounters:
-    """The hub's own counters, beside every session's `Counters`."""
+class HubCounters(Traffic):
+    """The hub's own counters, beside every session's `Counters`.
+
+    Its `Traffic` part (messages and bytes by kind and direction, errors by kind) is what the
+    dashboard, ``/metrics`` and the rates read.
+    """
 
     __slots__ = ("messages_routed",)
 
     def __init__(self) -> None:
+        super().__init__()
         #: Frames the router sent to a client (each may take several wire messages).
         self.messages_routed = 0
 
@@ -156,6 +163,8 @@ class Router:
         self.max_pending = max_pending
         self.sessions: set[Session] = set()
         self.counters = HubCounters()
+        #: What the hub adds to `status` (uptime, rates): set by the hub (dashboard hook).
+        self.status_extra: Callable[[], dict[str, Any]] | None = None
         #: Asked for names that are not here (see `Elsewhere`); None: a hub on its own.
         self.elsewhere: Elsewhere | None = None
         self._by_name: dict[str, Session] = {}
@@ -180,6 +189,18 @@ class Router:
 
     def status(self) -> dict[str, Any]:
         """Counters of the hub and of every connection, for ``winerp status``."""
+        status = self._status()
+        # dashboard hook: traffic by kind and direction, errors by kind, the hub's own part.
+        counters = self.counters
+        status["totals"] = counters.totals()
+        status["by_kind"] = counters.by_kind()
+        status["errors"] = dict(sorted(counters.errors.items()))
+        status["pending"] = sum(len(s.awaiting) for s in self.sessions)
+        if self.status_extra is not None:
+            status.update(self.status_extra())
+        return status
+
+    def _status(self) -> dict[str, Any]:
         return {
             "clients": [
                 {
@@ -215,13 +236,22 @@ class Router:
             ProtocolError: the message breaks the protocol; the caller closes the connection.
         """
         counters = session.counters
+        size = len(message)
         counters.messages_in += 1
-        counters.bytes_in += len(message)
+        counters.bytes_in += size
         out: Output = []
+        received = self.counters.received
         for frame in session.codec.decode(message):
-            handler = self._handlers.get(type(frame))
+            kind = type(frame)
+            handler = self._handlers.get(kind)
             if handler is None:
-                raise errors.ProtocolError(f"a client does not send {type(frame).__name__}")
+                raise errors.ProtocolError(f"a client does not send {kind.__name__}")
+            # dashboard hook: in, by kind (`received` has a key for every kind handled). A 1.x
+            # message may hold several frames: its bytes count once.
+            entry = received[kind]
+            entry[0] += 1
+            entry[1] += size
+            size = 0
             handler(session, frame, out)
         return out
 
@@ -239,6 +269,7 @@ class Router:
         for requester, request_id in session.serving:
             requester.awaiting.pop(request_id, None)
             message = f"client {session.name!r} disconnected before answering"
+            self.counters.error("peer_disconnected")  # dashboard hook
             self._send(out, requester, Failure(request_id, session.name, ErrorCode.PEER_DISCONNECTED, message))
         session.serving.clear()
         if was_ready:
@@ -372,7 +403,7 @@ class Router:
             return
         requester.awaiting[request_id] = destination
         destination.serving.add((requester, request_id))
-        self._emit(out, destination, messages)
+        self._emit(out, destination, messages, type(frame))
 
     def _route_answer(self, session: Session, answer: Response | Failure | Pong, out: Output) -> None:
         requester = self.lookup(answer.peer)
@@ -388,6 +419,8 @@ class Router:
         elif isinstance(answer, Pong):
             forwarded = Pong(answer.id, session.name)
         else:
+            # dashboard hook: errors clients answer (remote_error, route_not_found, ...), by kind
+            self.counters.error(_error_kind(answer.code))
             forwarded = Failure(
                 answer.id, session.name, answer.code, answer.message, answer.remote_type, answer.traceback
             )
@@ -396,7 +429,7 @@ class Router:
         except Undeliverable as exc:
             self._fail(out, requester, answer.id, session.name, exc.code, exc.message)
             return
-        self._emit(out, requester, messages)
+        self._emit(out, requester, messages, type(forwarded))
 
     def _route_inform(self, session: Session, inform: Inform, out: Output) -> None:
         self._require_registered(session, inform)
@@ -450,6 +483,7 @@ class Router:
     # output: every message leaves through _emit
 
     def _fail(self, out: Output, session: Session, request_id: int, peer: str, code: ErrorCode, message: str) -> None:
+        self.counters.error(code.name.lower())  # dashboard hook: errors the hub answers, by kind
         self._send(out, session, Failure(request_id, peer, code, message))
 
     def _fan_out(self, out: Output, destinations: list[Session], frame: Frame) -> None:
@@ -467,7 +501,7 @@ class Router:
         """
         if destination.native:
             shared = shared or [_encode_frame(frame)]
-            self._emit(out, destination, shared)
+            self._emit(out, destination, shared, type(frame))
         else:
             self._send(out, destination, frame)
         return shared
@@ -479,13 +513,28 @@ class Router:
             # Only informs and presence reach here with a payload a codec may refuse; there is
             # no caller waiting on them to tell.
             return
-        self._emit(out, destination, messages)
+        self._emit(out, destination, messages, type(frame))
 
-    def _emit(self, out: Output, destination: Session, messages: list[Message]) -> None:
-        """Add one frame's wire messages for ``destination`` to ``out``: the one place output is counted."""
+    def _emit(self, out: Output, destination: Session, messages: list[Message], kind: type) -> None:
+        """Add one frame's wire messages for ``destination`` to ``out``: the one place output is counted.
+
+        ``kind`` is the frame's class, for the hub's counts by kind.
+        """
         counters = destination.counters
+        sent = self.counters.sent.get(kind) or self.counters.sent_entry(kind)  # dashboard hook: out, by kind
         for message in messages:
+            size = len(message)
             counters.messages_out += 1
-            counters.bytes_out += len(message)
+            counters.bytes_out += size
+            sent[0] += 1
+            sent[1] += size
             out.append((destination, message))
         self.counters.messages_routed += 1
+
+
+def _error_kind(code: int) -> str:
+    """The name of an error code as the hub counts it (``remote_error``, ...)."""
+    try:
+        return ErrorCode(code).name.lower()
+    except ValueError:
+        return f"error_{code}"
