@@ -9,6 +9,11 @@ and metric it prints the median of each side and the ratio after / before.
     python benchmarks/compare.py --before ../old-checkout --before-python ../old-checkout/.venv/bin/python \\
         [--after .] [--after-python .venv/bin/python] [--rounds 4] [--variants sync,aio] [--json out.json]
 
+One checkout against itself under two settings (e.g. the hub's dashboard off and on):
+
+    python benchmarks/compare.py --before . --before-python .venv/bin/python \\
+        --after-env WINERP_BENCH_DASHBOARD=1
+
 Run nothing else on the machine meanwhile. Nothing is asserted.
 """
 
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -31,11 +37,16 @@ METRICS = {
 }
 
 
-def run_once(checkout: Path, python: str, variant: str) -> dict[str, Any]:
-    """One run of a checkout's bench_winerp.py; its JSON line."""
+def run_once(checkout: Path, python: str, variant: str, env: dict[str, str]) -> dict[str, Any]:
+    """One run of a checkout's bench_winerp.py, with ``env`` added to the environment; its JSON line."""
     script = checkout / "benchmarks" / "bench_winerp.py"
     done = subprocess.run(
-        [python, str(script), "--variant", variant], cwd=checkout, capture_output=True, text=True, check=True
+        [python, str(script), "--variant", variant],
+        cwd=checkout,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, **env},
     )
     line = [text for text in done.stdout.splitlines() if text.startswith("{")][-1]
     result: dict[str, Any] = json.loads(line)
@@ -51,14 +62,25 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4, help="runs of each side per variant (default: 4)")
     parser.add_argument("--variants", default="sync,aio", help="comma-separated (default: sync,aio)")
     parser.add_argument("--json", type=Path, help="also write every run here")
+    for side in ("before", "after"):
+        parser.add_argument(
+            f"--{side}-env",
+            action="append",
+            default=[],
+            metavar="NAME=VALUE",
+            help=f"an environment variable for the {side} side's runs (repeatable)",
+        )
     args = parser.parse_args()
-    sides = {"before": (args.before, args.before_python), "after": (args.after, args.after_python)}
+    sides = {
+        "before": (args.before, args.before_python, _environment(args.before_env)),
+        "after": (args.after, args.after_python, _environment(args.after_env)),
+    }
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for variant in args.variants.split(","):
         runs[variant] = {"before": [], "after": []}
         for round_number in range(args.rounds):
-            for side, (checkout, python) in sides.items():
-                runs[variant][side].append(run_once(checkout.resolve(), python, variant))
+            for side, (checkout, python, env) in sides.items():
+                runs[variant][side].append(run_once(checkout.resolve(), python, variant, env))
                 print(f"  {variant} round {round_number + 1} {side} done", file=sys.stderr)
     print(f"medians of {args.rounds} alternating runs per side; ratio = after / before")
     print(f"{'variant':8} {'metric':24} {'before':>10} {'after':>10} {'ratio':>7}")
@@ -69,6 +91,11 @@ def main() -> None:
             print(f"{variant:8} {metric:24} {before:>10.1f} {after:>10.1f} {after / before:>7.2f}")
     if args.json is not None:
         args.json.write_text(json.dumps(runs, indent=1) + "\n")
+
+
+def _environment(pairs: list[str]) -> dict[str, str]:
+    """``["A=1", "B=2"]`` as a mapping."""
+    return dict(pair.split("=", 1) for pair in pairs)
 
 
 if __name__ == "__main__":

@@ -9,19 +9,24 @@ thread) is tested in tests/sync/test_client.py and tests/aio/test_client.py.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 import winerp
+from winerp.client.connection import Connection
 from winerp.hub.connection import HubConnection
 from winerp.protocol.frames import HUB, Hello, Ping, decode_frame, encode_frame
 from winerp.sync import Client
 
 try:
+    from conftest import wait_for
     from security_tools import raw_ws, read_until_closed
 except ImportError:  # tests/ is a package
+    from tests.conftest import wait_for
     from tests.security_tools import raw_ws, read_until_closed
 
 pytestmark = pytest.mark.timeout(60)
@@ -151,3 +156,32 @@ def test_a_bug_in_the_loop_itself_does_not_stop_the_hub(
         assert raised == [True]
         _assert_hub_serves(hub, pair, caplog)
     assert "a bug in Hub._accept" in caplog.text
+
+
+def test_a_bug_in_a_clients_flusher_thread_is_logged_and_the_client_reconnects(
+    hub: winerp.Hub, pair: tuple[Client, Client], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The flusher writes a burst of informs (winerp.client.connection.Connection.send_soon).
+    original: Callable[..., Any] = Connection._drain
+    raised: list[bool] = []
+
+    def broken(connection: Connection, wait: bool) -> None:
+        if threading.current_thread().name.startswith("winerp-writer-sender") and not raised:
+            raised.append(True)
+            raise RuntimeError("a bug in the flusher")
+        original(connection, wait)
+
+    monkeypatch.setattr(Connection, "_drain", broken)
+    with caplog.at_level(logging.INFO, logger="winerp"), Client("sender", port=hub.port) as sender:
+        deadline = time.monotonic() + 10
+        while not raised and time.monotonic() < deadline:
+            for number in range(200):
+                try:
+                    sender.inform(number, "bystander-server")
+                except winerp.ClientNotReadyError:
+                    break  # the connection the bug closed is already gone
+        assert raised == [True]
+        wait_for(lambda: "reconnected to" in caplog.text)
+        assert sender.request("echo", "bystander-server", timeout=5, x=5) == 5
+    failures = [r for r in caplog.records if r.exc_info and "a bug in the flusher" in str(r.exc_info[1])]
+    assert failures and failures[0].levelno == logging.ERROR, caplog.text

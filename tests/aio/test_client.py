@@ -240,7 +240,8 @@ async def test_no_winerp_thread_left_after_close(hub: winerp.Hub) -> None:
     await first.start(timeout=5)
     await second.start(timeout=5)
     assert await first.request("echo", "leak-check-b", value=1) == 1
-    await second.inform("x", "leak-check-a")
+    for number in range(500):  # a burst: its informs leave through the connection's flusher
+        await second.inform(number, "leak-check-a")
     assert await first.ping()
     assert ours()
     await first.close()
@@ -576,6 +577,23 @@ async def test_inform_falsy_data_is_delivered(clients: Clients) -> None:
     for data in falsy:
         await sender.inform(data, "b")
     assert [data for data, _ in await received["b"].wait(len(falsy))] == falsy
+
+
+@aio
+async def test_a_burst_of_informs_arrives_whole_and_in_order(clients: Clients) -> None:
+    # A burst leaves in batches (one write for many informs); a lone inform after it is
+    # written at once, not held back for a batch.
+    _, received = await _receivers(clients, "b")
+    sender = await clients("a")
+    burst = 3000
+    for number in range(burst):
+        await sender.inform(number, "b")
+    assert [data for data, _ in await received["b"].wait(burst, timeout=30)] == list(range(burst))
+    await asyncio.sleep(0.01)
+    started = time.monotonic()
+    await sender.inform("lone", "b")
+    assert (await received["b"].wait(burst + 1))[-1] == ("lone", "a")
+    assert time.monotonic() - started < PROMPT
 
 
 @aio

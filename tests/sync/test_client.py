@@ -183,7 +183,8 @@ def test_no_winerp_thread_left_after_close(hub: winerp.Hub) -> None:
     first.start(timeout=5)
     second.start(timeout=5)
     assert first.request("echo", "leak-check-b", value=1) == 1
-    second.inform("x", "leak-check-a")
+    for number in range(500):  # a burst: its informs leave through the connection's flusher
+        second.inform(number, "leak-check-a")
     assert first.ping()
     assert ours()
     first.close()
@@ -511,6 +512,25 @@ def test_inform_falsy_data_is_delivered(clients: Any) -> None:
     for data in falsy:
         sender.inform(data, "b")
     assert [data for data, _ in received.wait(len(falsy))] == falsy
+
+
+def test_a_burst_of_informs_arrives_whole_and_in_order(clients: Any) -> None:
+    # A burst leaves in batches (one write for many informs); a lone inform after it is
+    # written at once, not held back for a batch.
+    received = Recorder()
+    receiver = clients("b", start=False)
+    receiver.event(_informed(received))
+    receiver.start(timeout=5)
+    sender = clients("a")
+    burst = 3000
+    for number in range(burst):
+        sender.inform(number, "b")
+    assert [data for data, _ in received.wait(burst, timeout=30)] == list(range(burst))
+    time.sleep(0.01)
+    started = time.monotonic()
+    sender.inform("lone", "b")
+    assert received.wait(burst + 1)[-1] == ("lone", "a")
+    assert time.monotonic() - started < PROMPT
 
 
 def test_inform_unencodable_raises_type_error(clients: Any) -> None:

@@ -14,6 +14,7 @@ from typing import Any, Literal, overload
 from .. import errors
 from ..client.base import BaseClient, call_event, call_route, destinations_list, is_async_callable
 from ..client.calls import Call
+from .tasks import start_task
 
 __all__ = ["Client"]
 
@@ -57,6 +58,18 @@ class Client(BaseClient):
     def _tasks(self) -> set[asyncio.Task[None]]:
         """Handler tasks running on the loop, cancelled by `close`. Used on the loop only."""
         return set()
+
+    @functools.cached_property
+    def _handler_kinds(self) -> dict[int, tuple[Callable[..., Any], bool]]:
+        """Whether each handler seen is a coroutine function, by ``id`` (the handler is kept, so
+        its ``id`` stays its own): looked at once per handler, not once per message."""
+        return {}
+
+    def _is_coroutine(self, handler: Callable[..., Any]) -> bool:
+        known = self._handler_kinds.get(id(handler))
+        if known is None:
+            known = self._handler_kinds[id(handler)] = (handler, is_async_callable(handler))
+        return known[1]
 
     # lifecycle
 
@@ -248,7 +261,7 @@ class Client(BaseClient):
         finish: Callable[[Any, BaseException | None], None],
     ) -> None:
         """Run a coroutine handler on the loop, a plain one in a worker thread."""
-        if is_async_callable(handler):
+        if self._is_coroutine(handler):
             if not self._spawn(_run_route(handler, source, kwargs, finish)):
                 finish(None, errors.ClientNotReadyError(f"client {self.name!r} has no running event loop"))
             return
@@ -260,7 +273,7 @@ class Client(BaseClient):
 
     def _run_event(self, handler: Callable[..., Any], args: tuple[Any, ...]) -> None:
         """Run an event handler: coroutines as tasks on the loop, plain functions on the event thread."""
-        if is_async_callable(handler):
+        if self._is_coroutine(handler):
             self._spawn(_run_event(handler, args))
             return
         pool = self._workers.events()
@@ -274,7 +287,7 @@ class Client(BaseClient):
             coroutine.close()
             return False
         if self._on_loop():
-            self._track_task(loop.create_task(coroutine))
+            self._track_task(start_task(loop, coroutine))
             return True
         try:
             loop.call_soon_threadsafe(self._start_task, coroutine)
@@ -285,12 +298,14 @@ class Client(BaseClient):
 
     def _start_task(self, coroutine: Coroutine[Any, Any, None]) -> None:
         assert self._loop is not None
-        self._track_task(self._loop.create_task(coroutine))
+        self._track_task(start_task(self._loop, coroutine))
 
-    def _track_task(self, task: asyncio.Task[None]) -> None:
-        # Kept until done, so that close() can cancel what is still running.
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _track_task(self, task: asyncio.Task[None] | None) -> None:
+        # Kept until done, so that close() can cancel what is still running (a handler
+        # that ended in its first step is None here: nothing to keep).
+        if task is not None:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     def _lend_reader(self, fileno: int, read: Callable[[], bool]) -> Callable[[], bool] | None:
         """Read the connection on this client's event loop (called by the core).

@@ -142,9 +142,16 @@ class Workers:
         self._threads: list[threading.Thread] = []
         self._idle = 0
         self._closed = False
+        # Every thread started: nothing more to decide, so a call is only a queue put (no
+        # lock, no idle count on either side). The event thread is there after its first call.
+        self._full = False
 
     def submit(self, function: Callable[..., None], *args: Any) -> None:
-        """Queue ``function(*args)``; ignored once shut down."""
+        """Queue ``function(*args)``; ignored once shut down (a call racing `shutdown` may be dropped)."""
+        if self._full:
+            if not self._closed:
+                self._queue.put((function, args))
+            return
         with self._lock:
             if self._closed:
                 return
@@ -158,6 +165,7 @@ class Workers:
                 thread = threading.Thread(target=self._work, name=f"{self._name}_{len(self._threads)}", daemon=True)
                 self._threads.append(thread)
                 thread.start()
+                self._full = len(self._threads) >= self._size
             self._queue.put((function, args))
 
     def shutdown(self, *, wait: bool, cancel: bool) -> None:
@@ -188,8 +196,9 @@ class Workers:
                 function(*args)
             except BaseException:  # the calls catch what user code raises; this is a last resort
                 logger.exception("a worker of %s failed", self._name)
-            with self._lock:
-                self._idle += 1
+            if not self._full:
+                with self._lock:
+                    self._idle += 1
 
 
 class WorkerPools:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import collections
 import enum
 import logging
+import queue
 import select
 import socket
 import ssl
@@ -69,6 +70,10 @@ NOT_REGISTERED = "no registration in time"
 # Frames queued behind a busy writer before further senders wait for it (back-pressure).
 _MAX_QUEUED_FRAMES = 1024
 _MSG_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
+# An inform sent within this many seconds of the last write leaves with the ones after it,
+# written by the connection's flusher thread: a burst of informs costs one write per
+# batch instead of one system call each, and a lone inform is still written at once.
+_BURST_WINDOW = 0.0005
 # Bytes asked of the socket per read: a burst of small messages comes in one recv.
 _READ_SIZE = 262144
 # The hub enforces the size limits; a client accepts anything the hub may forward. The
@@ -150,6 +155,11 @@ class Connection:
         # Whole websocket frames (already masked) waiting for the writer.
         self.queue: collections.deque[bytes] = collections.deque()
         self.write_lock = threading.Lock()
+        self._last_write = 0.0  # time.monotonic() of the last write
+        # The flusher thread (started by the first burst) and its wake-ups; None ends it.
+        self._flusher: threading.Thread | None = None
+        self._flush_due = False
+        self._kicks: queue.SimpleQueue[bool | None] = queue.SimpleQueue()
         # How it ended, for the log and the reconnect policy (not states: what happened).
         self.welcomed = False  # the hub welcomed the client on it (ready or on hold)
         self.close_code: int | None = None
@@ -208,6 +218,47 @@ class Connection:
             queue.append(client_frame(opcode, payload))
         self._drain(wait)
 
+    def send_soon(self, payload: bytes) -> None:
+        """Send a binary message that may leave in one write with the ones after it (an inform).
+
+        Thread-safe, never blocks on the flusher. Within a burst (the last write was under
+        `_BURST_WINDOW` ago, or frames are already waiting) the frame is queued and the
+        flusher thread writes everything queued at once; otherwise it is written now, like
+        `send`. Order is kept: every frame, deferred or not, leaves through the one queue.
+        """
+        queue = self.queue
+        if not queue and time.monotonic() - self._last_write > _BURST_WINDOW:
+            self.send(payload)
+            return
+        queue.append(client_frame(OP_BINARY, payload))
+        if len(queue) > _MAX_QUEUED_FRAMES:
+            self._drain(wait=False)  # far ahead of the flusher: this sender writes, or waits for it
+        elif not self._flush_due:
+            self._flush_due = True
+            self._kick()
+
+    def _kick(self) -> None:
+        """Wake the flusher thread (start it the first time)."""
+        if self._flusher is None:
+            with self._state_lock:
+                if self._flusher is None and self.state is not ConnectionState.CLOSED:
+                    self._flusher = threading.Thread(
+                        target=self._flush_loop, name=f"winerp-writer-{self.name}", daemon=True
+                    )
+                    self._flusher.start()
+        self._kicks.put(True)
+
+    def _flush_loop(self) -> None:
+        """The flusher thread: write what is queued each time it is woken, until the connection closes."""
+        while self._kicks.get():
+            # Cleared before the write: a frame queued from here on asks for another flush.
+            self._flush_due = False
+            try:
+                self._drain(wait=True)
+            except Exception as exc:  # noqa: BLE001 - a bug: logged by abort; costs this connection only
+                self.abort(exc)
+                return
+
     def _drain(self, wait: bool) -> None:
         """Write what is queued, unless another thread is writing (which then does)."""
         queue = self.queue
@@ -231,6 +282,7 @@ class Connection:
         """Write ``data`` (hold write_lock); on failure close the connection and return False."""
         try:
             self.sock.sendall(data)
+            self._last_write = time.monotonic()
         except OSError as exc:
             logger.debug("send failed: %s", exc)
             self.queue.clear()
@@ -271,6 +323,7 @@ class Connection:
         if not self._move(ConnectionState.CLOSED, *_OPEN_STATES, ConnectionState.CLOSING):
             return False
         self.seat.close()  # a standing-by reader thread sees the end at once
+        self._kicks.put(None)  # the flusher thread (if any) ends; what it had not written is lost with the connection
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:

@@ -341,7 +341,7 @@ class ClientCore:
             PayloadTooLarge: the message exceeds the size limit.
         """
         connection = self._live()
-        connection.send(connection.protocol.inform(data, destinations))
+        connection.send_soon(connection.protocol.inform(data, destinations))
 
     def call_hub(
         self, route: str, args: dict[str, Any] | None, listener: Callable[[Call], None], timeout: float
