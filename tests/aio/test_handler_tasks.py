@@ -60,6 +60,7 @@ async def test_a_context_variable_set_by_one_handler_is_not_seen_by_the_next(cli
     assert SEEN.get() == "unset"
 
 
+@pytest.mark.skipif(not hasattr(asyncio, "timeout"), reason="asyncio.timeout is new in Python 3.11")
 @aio
 async def test_asyncio_timeout_in_a_handler_fires(clients: Clients) -> None:
     receiver = await clients("receiver")

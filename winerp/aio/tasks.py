@@ -9,10 +9,11 @@ cancellation and context variables behave as in any task. Measured by
 ``benchmarks/bench_winerp.py --variant aio`` (the closing note of this change has the
 before/after ratios).
 
-Python 3.12 has this built in (``asyncio.Task(..., eager_start=True)``). On 3.11 the same
-is done with asyncio's pure-Python task class, whose constructor is repeated here minus
-its last step (scheduling the first step on the loop); that class and its fields are
-fixed for 3.11, the only version that takes this path.
+Python 3.12 has this built in (``asyncio.Task(..., eager_start=True)``). Before 3.12 the
+same is done with asyncio's pure-Python task class, whose constructor is repeated here
+minus its last step (scheduling the first step on the loop); that class and its fields
+are fixed in those released versions (3.9 to 3.11), the only ones that take this path.
+`tests/aio/test_handler_tasks.py` holds both paths to the same behaviour.
 
 A task can only start eagerly where no other task is running (a loop callback, such as
 the one that reads the connection); elsewhere it is created the ordinary way.
