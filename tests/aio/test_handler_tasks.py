@@ -195,3 +195,32 @@ def test_start_task_inside_a_task_makes_an_ordinary_task() -> None:
 
 async def _noop() -> None:
     return None
+
+
+@aio
+async def test_what_one_turn_of_the_loop_sends_arrives_whole_and_in_order(clients: Clients) -> None:
+    # Requests, answers and informs sent from the client's loop leave once per turn, in one
+    # write: the informs sent before a request reach the receiver before it, none is lost,
+    # and every answer of a gathered batch comes back.
+    receiver = await clients("receiver")
+    sender = await clients("sender")
+    seen: list[int] = []
+
+    @receiver.event
+    async def on_winerp_information(data: Any, source: str) -> None:
+        seen.append(data)
+
+    @receiver.route
+    async def how_many(source: str) -> int:
+        return len(seen)
+
+    @receiver.route
+    async def echo(source: str, value: int) -> int:
+        return value
+
+    for number in range(500):  # no await yields here: all of it is one turn of the loop
+        await sender.inform(number, "receiver")
+    assert await sender.request("how_many", "receiver") == 500
+    assert seen == list(range(500))
+    answers = await asyncio.gather(*(sender.request("echo", "receiver", value=n) for n in range(200)))
+    assert answers == list(range(200))

@@ -324,6 +324,13 @@ class Client(BaseClient):
             return None
         return reader.can_read
 
+    def _batch_writes(self) -> tuple[int, Callable[[Callable[[], None]], object]] | None:
+        """This client's loop: what its callers and coroutine handlers send leaves once per turn."""
+        loop, thread = self._loop, self._loop_thread
+        if loop is None or thread is None or loop.is_closed():
+            return None
+        return thread, loop.call_soon
+
     def _on_loop(self) -> bool:
         return threading.get_ident() == self._loop_thread
 

@@ -20,7 +20,7 @@ from typing import Any, TypeVar, overload
 from .. import errors
 from ..defaults import DEFAULT_HOST, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PORT
 from .core import ClientCore
-from .events import Hooks
+from .events import Hooks, LoopTurns
 from .opening import Backoff
 
 __all__ = [
@@ -111,7 +111,7 @@ class FacadeHooks:
     with no extra hop.
     """
 
-    __slots__ = ("lend_reader", "run_event", "run_route")
+    __slots__ = ("batch_writes", "lend_reader", "run_event", "run_route")
 
     def __init__(
         self,
@@ -120,10 +120,12 @@ class FacadeHooks:
         ],
         run_event: Callable[[Callable[..., Any], tuple[Any, ...]], None],
         lend_reader: Callable[[int, Callable[[], bool]], Callable[[], bool] | None],
+        batch_writes: Callable[[], LoopTurns | None],
     ) -> None:
         self.run_route = run_route
         self.run_event = run_event
         self.lend_reader = lend_reader
+        self.batch_writes = batch_writes
 
 
 class Workers:
@@ -300,7 +302,7 @@ class BaseClient:
         handler_workers: int = 32,
         hubs: Sequence[str] | None = None,
     ) -> None:
-        hooks: Hooks = FacadeHooks(self._run_route, self._run_event, self._lend_reader)
+        hooks: Hooks = FacadeHooks(self._run_route, self._run_event, self._lend_reader, self._batch_writes)
         self._core = ClientCore(
             local_name,
             host,
@@ -426,4 +428,8 @@ class BaseClient:
 
     def _lend_reader(self, fileno: int, read: Callable[[], bool]) -> Callable[[], bool] | None:
         """Offer to read the connection (`Hooks.lend_reader`); None declines."""
+        return None
+
+    def _batch_writes(self) -> LoopTurns | None:
+        """The event loop whose turns batch what is sent from it (`Hooks.batch_writes`); None: none."""
         return None

@@ -59,6 +59,7 @@ from ..wire.websocket import (
     parse_close,
 )
 from .calls import Deadline
+from .events import LoopTurns
 from .seat import ReaderSeat, SeatState
 
 __all__ = ["Connection", "ConnectionState", "LendReader", "Owner", "receive_limit"]
@@ -160,6 +161,11 @@ class Connection:
         self._flusher: threading.Thread | None = None
         self._flush_due = False
         self._kicks: queue.SimpleQueue[bool | None] = queue.SimpleQueue()
+        # The facade's event loop (see `batch_writes`): its thread, its call_soon, and
+        # whether a flush is due at the end of its turn (touched on that thread only).
+        self._loop_thread: int | None = None
+        self._call_soon: Callable[[Callable[[], None]], object] | None = None
+        self._turn_flush_due = False
         # How it ended, for the log and the reconnect policy (not states: what happened).
         self.welcomed = False  # the hub welcomed the client on it (ready or on hold)
         self.close_code: int | None = None
@@ -218,24 +224,56 @@ class Connection:
             queue.append(client_frame(opcode, payload))
         self._drain(wait)
 
-    def send_soon(self, payload: bytes) -> None:
-        """Send a binary message that may leave in one write with the ones after it (an inform).
+    def batch_writes(self, turns: LoopTurns | None) -> None:
+        """From now on, what the thread of ``turns``'s loop sends leaves once per turn of it."""
+        if turns is not None:
+            self._loop_thread, self._call_soon = turns
 
-        Thread-safe, never blocks on the flusher. Within a burst (the last write was under
-        `_BURST_WINDOW` ago, or frames are already waiting) the frame is queued and the
-        flusher thread writes everything queued at once; otherwise it is written now, like
-        `send`. Order is kept: every frame, deferred or not, leaves through the one queue.
+    def send_soon(self, payload: bytes, *, fire_and_forget: bool = False) -> None:
+        """Send a binary message that may leave in one write with others (a request, an answer, an inform).
+
+        Thread-safe, never blocks on a flusher. Order is kept: every frame leaves through
+        the one queue. Sent from the facade's event loop (`batch_writes`), the frame is
+        queued and written when this turn of the loop ends, with everything else the turn
+        sent: nothing waits longer than the turn it was sent in. Elsewhere a
+        ``fire_and_forget`` frame (an inform) sent within a burst (the last write was under
+        `_BURST_WINDOW` ago, or frames are waiting) is queued for the flusher thread, which
+        writes what is queued at once; anything else is written now, like `send`.
         """
+        if self._loop_thread == threading.get_ident():
+            self._send_this_turn(payload)
+            return
         queue = self.queue
-        if not queue and time.monotonic() - self._last_write > _BURST_WINDOW:
+        if not fire_and_forget or (not queue and time.monotonic() - self._last_write > _BURST_WINDOW):
             self.send(payload)
             return
         queue.append(client_frame(OP_BINARY, payload))
         if len(queue) > _MAX_QUEUED_FRAMES:
             self._drain(wait=False)  # far ahead of the flusher: this sender writes, or waits for it
         elif not self._flush_due:
+            # Checked after the append: a flusher that already cleared the flag writes this frame.
             self._flush_due = True
             self._kick()
+
+    def _send_this_turn(self, payload: bytes) -> None:
+        """Queue a frame to be written when the loop's turn ends (on the loop's thread)."""
+        queue = self.queue
+        queue.append(client_frame(OP_BINARY, payload))
+        if len(queue) > _MAX_QUEUED_FRAMES:
+            self._drain(wait=False)
+        elif not self._turn_flush_due:
+            assert self._call_soon is not None
+            try:
+                self._call_soon(self._flush_turn)
+            except RuntimeError:  # the loop is closed: nobody would flush, so write now
+                self._drain(wait=False)
+                return
+            self._turn_flush_due = True
+
+    def _flush_turn(self) -> None:
+        """End of a loop turn: write what it queued (unless another thread is writing, which then does)."""
+        self._turn_flush_due = False
+        self._drain(wait=False)
 
     def _kick(self) -> None:
         """Wake the flusher thread (start it the first time)."""

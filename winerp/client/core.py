@@ -341,7 +341,7 @@ class ClientCore:
             PayloadTooLarge: the message exceeds the size limit.
         """
         connection = self._live()
-        connection.send_soon(connection.protocol.inform(data, destinations))
+        connection.send_soon(connection.protocol.inform(data, destinations), fire_and_forget=True)
 
     def call_hub(
         self, route: str, args: dict[str, Any] | None, listener: Callable[[Call], None], timeout: float
@@ -408,7 +408,7 @@ class ClientCore:
             # one was in the table: fail it now rather than never.
             self._calls.end(call, None, errors.ConnectionLost("the connection to the hub dropped"))
         else:
-            connection.send(frame)
+            connection.send_soon(frame)
         return call
 
     # the reader thread: connect, serve, reconnect
@@ -603,6 +603,7 @@ class ClientCore:
         logger.info("client %r: %s the hub at %s", self.name, verb, self._address())
         self.emit("on_winerp_ready")
         connection.lend(self._hooks.lend_reader)
+        connection.batch_writes(self._hooks.batch_writes())
 
     # A payload is the sending peer's, not the hub's: one that cannot be decoded (an unknown
     # extension type, nesting too deep for this side) ends that call or drops that inform,
@@ -662,7 +663,7 @@ class ClientCore:
                 text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
                 frame = connection.protocol.fail(request, error, text)
                 self.emit("on_winerp_error", error)
-            connection.send(frame)
+            connection.send_soon(frame)
 
         self._hooks.run_route(handler, caller, kwargs, finish)
 

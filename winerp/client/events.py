@@ -28,6 +28,10 @@ EVENT_NAMES = frozenset(
 )
 
 
+#: An event loop's thread (``threading.get_ident()``) and its ``call_soon``.
+LoopTurns = tuple[int, Callable[[Callable[[], None]], object]]
+
+
 class Hooks(Protocol):
     """What a facade provides to the core: where user code runs."""
 
@@ -50,6 +54,14 @@ class Hooks(Protocol):
         the socket is readable, until it returns False (the connection is gone). It returns
         a check that stays true while it can read (e.g. its loop is not closed). See
         `winerp.client.seat`.
+        """
+
+    def batch_writes(self) -> LoopTurns | None:
+        """The facade's event loop, if its callers send from one: its thread and its ``call_soon``.
+
+        What that thread sends is then written once per turn of the loop (every request,
+        answer and inform of one turn in one write). None: no such loop, each send is
+        written at once.
         """
 
 
