@@ -229,46 +229,47 @@ class Connection:
         if turns is not None:
             self._loop_thread, self._call_soon = turns
 
-    def send_soon(self, payload: bytes, *, fire_and_forget: bool = False) -> None:
+    def send_soon(self, payload: bytes, *, fire_and_forget: bool = False, crowded: bool = False) -> None:
         """Send a binary message that may leave in one write with others (a request, an answer, an inform).
 
         Thread-safe, never blocks on a flusher. Order is kept: every frame leaves through
-        the one queue. Sent from the facade's event loop (`batch_writes`), the frame is
-        queued and written when this turn of the loop ends, with everything else the turn
-        sent: nothing waits longer than the turn it was sent in. Elsewhere a
-        ``fire_and_forget`` frame (an inform) sent within a burst (the last write was under
-        `_BURST_WINDOW` ago, or frames are waiting) is queued for the flusher thread, which
-        writes what is queued at once; anything else is written now, like `send`.
+        the one queue. A frame is written at once unless more are coming: ``crowded`` (the
+        caller knows others are under way, e.g. other calls in flight), or a
+        ``fire_and_forget`` frame (an inform) within a burst (the last write was under
+        `_BURST_WINDOW` ago, or frames are waiting). Such a frame is queued: sent from the
+        facade's event loop (`batch_writes`) it is written with the rest of this turn of the
+        loop when the turn ends; from another thread the flusher thread writes it with
+        whatever else is queued. A lone request never waits.
         """
-        if self._loop_thread == threading.get_ident():
-            self._send_this_turn(payload)
-            return
         queue = self.queue
-        if not fire_and_forget or (not queue and time.monotonic() - self._last_write > _BURST_WINDOW):
+        on_loop = self._loop_thread == threading.get_ident()
+        if not (
+            (on_loop and (crowded or self._turn_flush_due))
+            or (fire_and_forget and (queue or time.monotonic() - self._last_write < _BURST_WINDOW))
+        ):
             self.send(payload)
             return
         queue.append(client_frame(OP_BINARY, payload))
         if len(queue) > _MAX_QUEUED_FRAMES:
             self._drain(wait=False)  # far ahead of the flusher: this sender writes, or waits for it
+        elif on_loop:
+            self._flush_at_turn_end()
         elif not self._flush_due:
             # Checked after the append: a flusher that already cleared the flag writes this frame.
             self._flush_due = True
             self._kick()
 
-    def _send_this_turn(self, payload: bytes) -> None:
-        """Queue a frame to be written when the loop's turn ends (on the loop's thread)."""
-        queue = self.queue
-        queue.append(client_frame(OP_BINARY, payload))
-        if len(queue) > _MAX_QUEUED_FRAMES:
+    def _flush_at_turn_end(self) -> None:
+        """On the loop's thread: have what is queued written when this turn of the loop ends."""
+        if self._turn_flush_due:
+            return
+        assert self._call_soon is not None
+        try:
+            self._call_soon(self._flush_turn)
+        except RuntimeError:  # the loop is closed: no turn ends, so write now
             self._drain(wait=False)
-        elif not self._turn_flush_due:
-            assert self._call_soon is not None
-            try:
-                self._call_soon(self._flush_turn)
-            except RuntimeError:  # the loop is closed: nobody would flush, so write now
-                self._drain(wait=False)
-                return
-            self._turn_flush_due = True
+            return
+        self._turn_flush_due = True
 
     def _flush_turn(self) -> None:
         """End of a loop turn: write what it queued (unless another thread is writing, which then does)."""

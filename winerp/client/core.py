@@ -408,7 +408,9 @@ class ClientCore:
             # one was in the table: fail it now rather than never.
             self._calls.end(call, None, errors.ConnectionLost("the connection to the hub dropped"))
         else:
-            connection.send_soon(frame)
+            # With other calls in flight (e.g. many tasks awaiting at once) requests may leave
+            # together; a lone one goes at once.
+            connection.send_soon(frame, crowded=len(self._calls) > 1)
         return call
 
     # the reader thread: connect, serve, reconnect
