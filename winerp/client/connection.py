@@ -166,6 +166,7 @@ class Connection:
         self._loop_thread: int | None = None
         self._call_soon: Callable[[Callable[[], None]], object] | None = None
         self._turn_flush_due = False
+        self._dispatching = False  # the loop is handling several messages just read (see `_read_once`)
         # How it ended, for the log and the reconnect policy (not states: what happened).
         self.welcomed = False  # the hub welcomed the client on it (ready or on hold)
         self.close_code: int | None = None
@@ -244,7 +245,7 @@ class Connection:
         queue = self.queue
         on_loop = self._loop_thread == threading.get_ident()
         if not (
-            (on_loop and (crowded or self._turn_flush_due))
+            (on_loop and (crowded or self._turn_flush_due or self._dispatching))
             or (fire_and_forget and (queue or time.monotonic() - self._last_write < _BURST_WINDOW))
         ):
             self.send(payload)
@@ -253,7 +254,8 @@ class Connection:
         if len(queue) > _MAX_QUEUED_FRAMES:
             self._drain(wait=False)  # far ahead of the flusher: this sender writes, or waits for it
         elif on_loop:
-            self._flush_at_turn_end()
+            if not self._dispatching:  # else the reader writes it after the messages it handles
+                self._flush_at_turn_end()
         elif not self._flush_due:
             # Checked after the append: a flusher that already cleared the flag writes this frame.
             self._flush_due = True
@@ -506,13 +508,22 @@ class Connection:
         now = time.monotonic()
         receive = self.protocol.receive
         deliver = self._owner.frame_received
-        for opcode, payload in messages:
-            if self.state is ConnectionState.CLOSED:
-                return  # closed meanwhile (close(), a failed write): ignore the rest
-            if opcode == OP_BINARY:
-                deliver(self, receive(payload, now))
-            else:
-                self._control(opcode, payload)
+        # Read on the facade's loop, several messages at once: what their handlers send back
+        # straight away (coroutine routes that end in their first step) leaves in one write,
+        # after the last of them. Set and cleared on the loop's thread only.
+        self._dispatching = len(messages) > 1 and self._loop_thread == threading.get_ident()
+        try:
+            for opcode, payload in messages:
+                if self.state is ConnectionState.CLOSED:
+                    return  # closed meanwhile (close(), a failed write): ignore the rest
+                if opcode == OP_BINARY:
+                    deliver(self, receive(payload, now))
+                else:
+                    self._control(opcode, payload)
+        finally:
+            if self._dispatching:
+                self._dispatching = False
+                self._drain(wait=False)
         if self.reader.failure is not None:
             raise self.reader.failure  # the messages before the bad frame went through
 
