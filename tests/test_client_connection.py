@@ -185,8 +185,8 @@ def test_connection_states_from_open_to_closed(pair: tuple[Connection, HubEnd, O
 
 def test_frames_sent_reach_the_hub_as_masked_websocket_frames(pair: tuple[Connection, HubEnd, Owner]) -> None:
     connection, hub, _ = pair
-    connection.send(b"first")
-    connection.send(b"second")
+    connection.writer.send(b"first")
+    connection.writer.send(b"second")
     assert hub.receive() == (OP_BINARY, b"first")
     assert hub.receive() == (OP_BINARY, b"second")
 

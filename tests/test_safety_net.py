@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 import winerp
-from winerp.client.connection import Connection
+from winerp.client.writer import Writer
 from winerp.hub.connection import HubConnection
 from winerp.protocol.frames import HUB, Hello, Ping, decode_frame, encode_frame
 from winerp.sync import Client
@@ -161,17 +161,17 @@ def test_a_bug_in_the_loop_itself_does_not_stop_the_hub(
 def test_a_bug_in_a_clients_flusher_thread_is_logged_and_the_client_reconnects(
     hub: winerp.Hub, pair: tuple[Client, Client], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # The flusher writes a burst of informs (winerp.client.connection.Connection.send_soon).
-    original: Callable[..., Any] = Connection._drain
+    # The flusher writes a burst of informs (winerp.client.writer.Writer.send_soon).
+    original: Callable[..., Any] = Writer._drain
     raised: list[bool] = []
 
-    def broken(connection: Connection, wait: bool) -> None:
+    def broken(writer: Writer, wait: bool) -> None:
         if threading.current_thread().name.startswith("winerp-writer-sender") and not raised:
             raised.append(True)
             raise RuntimeError("a bug in the flusher")
-        original(connection, wait)
+        original(writer, wait)
 
-    monkeypatch.setattr(Connection, "_drain", broken)
+    monkeypatch.setattr(Writer, "_drain", broken)
     with caplog.at_level(logging.INFO, logger="winerp"), Client("sender", port=hub.port) as sender:
         deadline = time.monotonic() + 10
         while not raised and time.monotonic() < deadline:

@@ -14,10 +14,10 @@ Its life, one state (`ConnectionState`)::
 Lock order on the client side (a thread holding one lock may take only locks below it)::
 
     1. ReaderSeat, the right to read   (try_enter only: never waited for)
-    2. Connection.write_lock           (the right to write the socket)
+    2. Writer.lock                     (the right to write the socket; winerp.client.writer)
     3. ClientCore._lock                (routes, current connection, ready waiters, life)
     4. leaves, held for a few lines, taking no other lock:
-       Connection._state_lock, ReaderSeat._turn, Gathering._lock,
+       Connection._state_lock, ReaderSeat._turn, Gathering._lock, Writer._start_lock,
        the opening watchdog's lock, the facades' worker pools' locks
 
 A reader holds the seat while it dispatches, and dispatching writes (a pong, a route's
@@ -28,10 +28,8 @@ Listeners of calls (the facades') run under (1) and must not block.
 
 from __future__ import annotations
 
-import collections
 import enum
 import logging
-import queue
 import select
 import socket
 import ssl
@@ -54,13 +52,12 @@ from ..wire.websocket import (
     OP_TEXT,
     FrameError,
     FrameReader,
-    client_frame,
     close_payload,
     parse_close,
 )
 from .calls import Deadline
-from .events import LoopTurns
 from .seat import ReaderSeat, SeatState
+from .writer import Writer
 
 __all__ = ["Connection", "ConnectionState", "LendReader", "Owner", "receive_limit"]
 
@@ -68,13 +65,7 @@ logger = logging.getLogger("winerp.client")
 
 # `Connection.lost` of a connection the hub did not register by the attempt's deadline.
 NOT_REGISTERED = "no registration in time"
-# Frames queued behind a busy writer before further senders wait for it (back-pressure).
-_MAX_QUEUED_FRAMES = 1024
 _MSG_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
-# An inform sent within this many seconds of the last write leaves with the ones after it,
-# written by the connection's flusher thread: a burst of informs costs one write per
-# batch instead of one system call each, and a lone inform is still written at once.
-_BURST_WINDOW = 0.0005
 # Bytes asked of the socket per read: a burst of small messages comes in one recv.
 _READ_SIZE = 262144
 # The hub enforces the size limits; a client accepts anything the hub may forward. The
@@ -153,20 +144,7 @@ class Connection:
         self._state_lock = threading.Lock()
         self.seat = ReaderSeat()
         self.reader = FrameReader(masked=False, max_size=receive_limit(protocol.max_message_size))
-        # Whole websocket frames (already masked) waiting for the writer.
-        self.queue: collections.deque[bytes] = collections.deque()
-        self.write_lock = threading.Lock()
-        self._last_write = 0.0  # time.monotonic() of the last write
-        # The flusher thread (started by the first burst) and its wake-ups; None ends it.
-        self._flusher: threading.Thread | None = None
-        self._flush_due = False
-        self._kicks: queue.SimpleQueue[bool | None] = queue.SimpleQueue()
-        # The facade's event loop (see `batch_writes`): its thread, its call_soon, and
-        # whether a flush is due at the end of its turn (touched on that thread only).
-        self._loop_thread: int | None = None
-        self._call_soon: Callable[[Callable[[], None]], object] | None = None
-        self._turn_flush_due = False
-        self._dispatching = False  # the loop is handling several messages just read (see `_read_once`)
+        self.writer = Writer(self.sock, name, on_failure=self.close, on_bug=self.abort)
         # How it ended, for the log and the reconnect policy (not states: what happened).
         self.welcomed = False  # the hub welcomed the client on it (ready or on hold)
         self.close_code: int | None = None
@@ -199,160 +177,12 @@ class Connection:
         self.welcomed = self.welcomed or moved
         return moved
 
-    # writing
-
-    def send(self, payload: bytes, opcode: int = OP_BINARY, *, wait: bool = False) -> None:
-        """Write ``payload`` as one websocket frame, or queue it for the thread already writing.
-
-        Thread-safe. Every frame, data or control (pong, close), goes through here, so writes
-        never interleave, and a burst from several threads leaves as one write. With
-        ``wait``, return only once the frame has been written (or the write failed), e.g. a
-        close frame before the socket is shut. A failed write closes the connection;
-        nothing is raised.
-        """
-        queue = self.queue
-        lock = self.write_lock
-        if not queue and lock.acquire(blocking=False):
-            # The usual case: nobody else is writing, and nothing waits for a writer.
-            try:
-                written = self._write(client_frame(opcode, payload))
-            finally:
-                lock.release()
-            if not written or not queue:
-                return
-            # Frames queued meanwhile by threads that found the lock taken: send them below.
-        else:
-            queue.append(client_frame(opcode, payload))
-        self._drain(wait)
-
-    def batch_writes(self, turns: LoopTurns | None) -> None:
-        """From now on, what the thread of ``turns``'s loop sends leaves once per turn of it."""
-        if turns is not None:
-            self._loop_thread, self._call_soon = turns
-
-    def send_soon(self, payload: bytes, *, fire_and_forget: bool = False, crowded: bool = False) -> None:
-        """Send a binary message that may leave in one write with others (a request, an answer, an inform).
-
-        Thread-safe, never blocks on a flusher. Order is kept: every frame leaves through
-        the one queue. A frame is written at once unless more are coming: ``crowded`` (the
-        caller knows others are under way, e.g. other calls in flight), or a
-        ``fire_and_forget`` frame (an inform) within a burst (the last write was under
-        `_BURST_WINDOW` ago, or frames are waiting). Such a frame is queued: sent from the
-        facade's event loop (`batch_writes`) it is written with the rest of this turn of the
-        loop when the turn ends; from another thread the flusher thread writes it with
-        whatever else is queued. A lone request never waits.
-        """
-        queue = self.queue
-        on_loop = self._loop_thread == threading.get_ident()
-        if not (
-            (on_loop and (crowded or self._turn_flush_due or self._dispatching))
-            or (fire_and_forget and (queue or time.monotonic() - self._last_write < _BURST_WINDOW))
-        ):
-            self.send(payload)
-            return
-        queue.append(client_frame(OP_BINARY, payload))
-        if len(queue) > _MAX_QUEUED_FRAMES:
-            self._drain(wait=False)  # far ahead of the flusher: this sender writes, or waits for it
-        elif on_loop:
-            if not self._dispatching:  # else the reader writes it after the messages it handles
-                self._flush_at_turn_end()
-        elif not self._flush_due:
-            # Checked after the append: a flusher that already cleared the flag writes this frame.
-            self._flush_due = True
-            self._kick()
-
-    def _flush_at_turn_end(self) -> None:
-        """On the loop's thread: have what is queued written when this turn of the loop ends."""
-        if self._turn_flush_due:
-            return
-        assert self._call_soon is not None
-        try:
-            self._call_soon(self._flush_turn)
-        except RuntimeError:  # the loop is closed: no turn ends, so write now
-            self._drain(wait=False)
-            return
-        self._turn_flush_due = True
-
-    def _flush_turn(self) -> None:
-        """End of a loop turn: write what it queued (unless another thread is writing, which then does)."""
-        self._turn_flush_due = False
-        self._drain(wait=False)
-
-    def _kick(self) -> None:
-        """Wake the flusher thread (start it the first time)."""
-        if self._flusher is None:
-            with self._state_lock:
-                if self._flusher is None and self.state is not ConnectionState.CLOSED:
-                    self._flusher = threading.Thread(
-                        target=self._flush_loop, name=f"winerp-writer-{self.name}", daemon=True
-                    )
-                    self._flusher.start()
-        self._kicks.put(True)
-
-    def _flush_loop(self) -> None:
-        """The flusher thread: write what is queued each time it is woken, until the connection closes."""
-        while self._kicks.get():
-            # Cleared before the write: a frame queued from here on asks for another flush.
-            self._flush_due = False
-            try:
-                self._drain(wait=True)
-            except Exception as exc:  # noqa: BLE001 - a bug: logged by abort; costs this connection only
-                self.abort(exc)
-                return
-
-    def _drain(self, wait: bool) -> None:
-        """Write what is queued, unless another thread is writing (which then does)."""
-        queue = self.queue
-        lock = self.write_lock
-        while queue:
-            if not lock.acquire(blocking=wait or len(queue) > _MAX_QUEUED_FRAMES):
-                return  # the writing thread re-checks the queue after releasing the lock
-            try:
-                # Only the lock holder takes from the queue, but the writer before it may
-                # have emptied the queue between the check above and the acquire.
-                if queue and not self._write(b"".join([queue.popleft() for _ in range(len(queue))])):
-                    return
-            finally:
-                lock.release()
-        if wait:
-            # Another thread took the frame from the queue: wait until its write is over.
-            with lock:
-                pass
-
-    def _write(self, data: bytes) -> bool:
-        """Write ``data`` (hold write_lock); on failure close the connection and return False."""
-        try:
-            self.sock.sendall(data)
-            self._last_write = time.monotonic()
-        except OSError as exc:
-            logger.debug("send failed: %s", exc)
-            self.queue.clear()
-            self.close()
-            return False
-        return True
-
-    def _last_frame(self, close: bytes) -> None:
-        """Send the close frame ``close`` after what is queued, and make it the last frame sent.
-
-        RFC 6455 section 5.5.1: nothing may follow a close frame. Once it is out the socket
-        is shut for writing (under the write lock), so an answer a route handler finishes
-        later fails to write instead of following the close frame.
-        """
-        with self.write_lock:
-            queue = self.queue
-            parts = [queue.popleft() for _ in range(len(queue))]
-            if self._write(b"".join([*parts, client_frame(OP_CLOSE, close)])):
-                try:
-                    self.sock.shutdown(socket.SHUT_WR)
-                except OSError:
-                    pass
-
     # closing
 
     def close_with(self, code: CloseCode, reason: str) -> None:
         """Close: our close frame (written before anything is shut), then `close`."""
         if self._move(ConnectionState.CLOSING, *_OPEN_STATES):
-            self.send(close_payload(code, reason), OP_CLOSE, wait=True)
+            self.writer.send(close_payload(code, reason), OP_CLOSE, wait=True)
         self.close()
 
     def close(self) -> bool:
@@ -364,7 +194,7 @@ class Connection:
         if not self._move(ConnectionState.CLOSED, *_OPEN_STATES, ConnectionState.CLOSING):
             return False
         self.seat.close()  # a standing-by reader thread sees the end at once
-        self._kicks.put(None)  # the flusher thread (if any) ends; what it had not written is lost with the connection
+        self.writer.stop()
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -427,7 +257,7 @@ class Connection:
             self.protocol.heard(now)  # the hub spoke; the guest has yet to read it
         beat = self.protocol.heartbeat_due(now)
         if beat is not None:
-            self.send(beat)
+            self.writer.send(beat)
 
     def _unread(self) -> bool:
         return _readable(self.sock, 0, self.tls)
@@ -476,7 +306,7 @@ class Connection:
             code, reason = (
                 (exc.code, exc.reason) if isinstance(exc, FrameError) else (CloseCode.PROTOCOL_ERROR, str(exc))
             )
-            self._last_frame(close_payload(code, reason))
+            self.writer.send_last(close_payload(code, reason))
             self.close()
         except (OSError, ValueError) as exc:
             self._log_read_error(exc)
@@ -508,10 +338,9 @@ class Connection:
         now = time.monotonic()
         receive = self.protocol.receive
         deliver = self._owner.frame_received
-        # Read on the facade's loop, several messages at once: what their handlers send back
-        # straight away (coroutine routes that end in their first step) leaves in one write,
-        # after the last of them. Set and cleared on the loop's thread only.
-        self._dispatching = len(messages) > 1 and self._loop_thread == threading.get_ident()
+        # Read on the facade's loop, what handlers send back straight away leaves in one
+        # write after the last message (see `Writer.gather`).
+        gathering = self.writer.gather(len(messages))
         try:
             for opcode, payload in messages:
                 if self.state is ConnectionState.CLOSED:
@@ -521,9 +350,8 @@ class Connection:
                 else:
                     self._control(opcode, payload)
         finally:
-            if self._dispatching:
-                self._dispatching = False
-                self._drain(wait=False)
+            if gathering:
+                self.writer.write_gathered()
         if self.reader.failure is not None:
             raise self.reader.failure  # the messages before the bad frame went through
 
@@ -550,10 +378,10 @@ class Connection:
             self._note_close(payload)
             # Answer the hub's close, echoing its code as RFC 6455 section 5.5.1 suggests,
             # before the socket is shut.
-            self._last_frame(payload[:2])
+            self.writer.send_last(payload[:2])
             raise _HubClosed
         if opcode == OP_PING:
-            self.send(payload, OP_PONG)
+            self.writer.send(payload, OP_PONG)
         elif opcode == OP_TEXT:
             raise errors.ProtocolError("the hub sent a text message on a native connection")
         # OP_PONG: nothing to do (the heartbeat is a protocol Ping, not a websocket one).

@@ -291,7 +291,7 @@ class ClientCore:
             announce = connection is not None and connection.state in _REGISTERED
         if announce:
             assert connection is not None
-            connection.send(connection.protocol.add_routes([name]))
+            connection.writer.send(connection.protocol.add_routes([name]))
 
     def add_event(self, name: str, handler: Callable[..., Any]) -> None:
         """Register an event handler under its event name. Raises `NameError` for unknown names."""
@@ -341,7 +341,7 @@ class ClientCore:
             PayloadTooLarge: the message exceeds the size limit.
         """
         connection = self._live()
-        connection.send_soon(connection.protocol.inform(data, destinations), fire_and_forget=True)
+        connection.writer.send_soon(connection.protocol.inform(data, destinations), fire_and_forget=True)
 
     def call_hub(
         self, route: str, args: dict[str, Any] | None, listener: Callable[[Call], None], timeout: float
@@ -410,7 +410,7 @@ class ClientCore:
         else:
             # With other calls in flight (e.g. many tasks awaiting at once) requests may leave
             # together; a lone one goes at once.
-            connection.send_soon(frame, crowded=len(self._calls) > 1)
+            connection.writer.send_soon(frame, crowded=len(self._calls) > 1)
         return call
 
     # the reader thread: connect, serve, reconnect
@@ -527,14 +527,14 @@ class ClientCore:
             self._connection = connection
             hello = protocol.hello(self.routes)
             announced = set(self.routes)
-        connection.send(hello)
+        connection.writer.send(hello)
         with self._lock:
             # From now on add_route sends each new route itself (after the Hello); the
             # routes added while the Hello was being built and sent go here.
             connection.hello_sent()
             late = [name for name in self.routes if name not in announced]
         if late:
-            connection.send(protocol.add_routes(late))
+            connection.writer.send(protocol.add_routes(late))
         return True
 
     def _log_lost(self, connection: Connection) -> None:
@@ -566,7 +566,7 @@ class ClientCore:
                 if call is not None:
                     call.end(True, None)
         elif isinstance(frame, Ping):
-            connection.send(connection.protocol.pong(frame))
+            connection.writer.send(connection.protocol.pong(frame))
         elif isinstance(frame, Presence):
             self.emit("on_winerp_peer_join" if frame.joined else "on_winerp_peer_leave", frame.name)
         elif isinstance(frame, Welcome):
@@ -605,7 +605,7 @@ class ClientCore:
         logger.info("client %r: %s the hub at %s", self.name, verb, self._address())
         self.emit("on_winerp_ready")
         connection.lend(self._hooks.lend_reader)
-        connection.batch_writes(self._hooks.batch_writes())
+        connection.writer.batch_writes(self._hooks.batch_writes())
 
     # A payload is the sending peer's, not the hub's: one that cannot be decoded (an unknown
     # extension type, nesting too deep for this side) ends that call or drops that inform,
@@ -643,14 +643,14 @@ class ClientCore:
     def _serve_request(self, connection: Connection, request: Request) -> None:
         handler = self.routes.get(request.route)
         if handler is None:
-            connection.send(connection.protocol.route_not_found(request))
+            connection.writer.send(connection.protocol.route_not_found(request))
             return
         try:
             kwargs = decode_value(request.args)
             if not isinstance(kwargs, dict):
                 raise errors.ProtocolError("request arguments are not a mapping")
         except errors.ProtocolError as exc:
-            connection.send(connection.protocol.fail(request, exc, ""))
+            connection.writer.send(connection.protocol.fail(request, exc, ""))
             return
         caller = request.peer  # on a request coming in, the frame's peer is its caller
         if "on_winerp_request" in self.events:
@@ -665,7 +665,7 @@ class ClientCore:
                 text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
                 frame = connection.protocol.fail(request, error, text)
                 self.emit("on_winerp_error", error)
-            connection.send_soon(frame)
+            connection.writer.send_soon(frame)
 
         self._hooks.run_route(handler, caller, kwargs, finish)
 
