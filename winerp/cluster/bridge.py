@@ -67,6 +67,8 @@ class Bridge:
         self._woken = False
         self._thread: threading.Thread | None = None
         self._closing = False
+        #: Run on the hub's thread after each batch of the inbox (the hub's loop is awake).
+        self.on_turn: Callable[[], None] | None = None
 
     # the hub's side
 
@@ -154,6 +156,8 @@ class Bridge:
                 handler(argument)
             except Exception:  # one bad message must not stop the batch
                 logger.exception("handling a cluster event failed")
+        if self.on_turn is not None:
+            self.on_turn()
 
     # the NATS side
 

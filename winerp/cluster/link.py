@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -45,6 +46,7 @@ from ..protocol.frames import (
 )
 from ..protocol.router import Output, Router, Session, SessionState
 from .bridge import Bridge
+from .direct import ConnectionLost, Direct, Unsupported, open_direct
 from .names import HubRecord, NameRecord, Registry, Taken, decode_hub_record, decode_name_record
 from .subjects import (
     HUB_PREFIX,
@@ -302,6 +304,7 @@ class ClusterLink:
         self._evict = evict
         self.router = ClusterRouter(self, **router_options)
         self.bridge = Bridge(servers, wake=wake, on_down=self._on_down, on_up=self._on_up, name=f"winerp-hub {cluster}")
+        self.bridge.on_turn = self.service
         self.registry: Registry | None = None
         #: Names this hub holds in the cluster (hub thread's view).
         self.claimed: set[str] = set()
@@ -309,16 +312,29 @@ class ClusterLink:
         self.hubs: dict[str, HubRecord] = {}
         self._watch_task: asyncio.Future[Any] | None = None
         self._refresh_task: Any = None
+        #: The hub loop's own connection for hub-to-hub messages (None: through the bridge).
+        self.direct: Direct | None = None
+        self._poller: Any = None
+        self._reopening = False
+        self._stopping = False
 
     # lifecycle (the hub's thread that starts and stops it)
 
-    def start(self, address: str, timeout: float = 5.0) -> None:
-        """Connect, take part: subscribe, announce this hub, watch the names. Blocks until done."""
+    def start(self, address: str, timeout: float = 5.0, poller: Any = None) -> None:
+        """Connect, take part: subscribe, announce this hub, watch the names. Blocks until done.
+
+        With the hub's ``poller`` (before its loop runs), hub-to-hub messages take a direct
+        connection that the hub's loop polls itself (`winerp.cluster.direct`), where it can.
+        """
         self.address = address
+        self._poller = poller
         self.bridge.start(timeout)
         try:
+            if poller is not None and os.environ.get("WINERP_CLUSTER_NO_DIRECT") != "1":
+                self._open_direct_now(timeout)
             asyncio.run_coroutine_threadsafe(self._join(), self.bridge.loop).result(timeout)
         except BaseException:
+            self._close_direct()
             self.bridge.stop()
             raise
         self._refresh_task = asyncio.run_coroutine_threadsafe(self._refresh_forever(), self.bridge.loop)
@@ -326,9 +342,17 @@ class ClusterLink:
 
     def stop(self, timeout: float = 3.0) -> None:
         """Give up this hub's names and its record at once (others need not wait for expiry), then close."""
+        self._stopping = True
         for task in (self._refresh_task, self._watch_task):
             if task is not None:
                 task.cancel()
+        direct = self.direct
+        if direct is not None:
+            try:
+                direct.flush()  # the last answers, as far as the socket takes them at once
+            except ConnectionLost:
+                pass
+            self._close_direct()
         registry = self.registry
         if registry is not None and self.bridge.connected:
             try:
@@ -339,8 +363,9 @@ class ClusterLink:
 
     async def _join(self) -> None:
         bridge = self.bridge
-        await bridge.nc.subscribe(self.subject, cb=self._on_nats_message, pending_msgs_limit=1_000_000)
-        await bridge.nc.subscribe(all_subject(self.cluster), cb=self._on_nats_message, pending_msgs_limit=1_000_000)
+        if self.direct is None:
+            await bridge.nc.subscribe(self.subject, cb=self._on_nats_message, pending_msgs_limit=1_000_000)
+            await bridge.nc.subscribe(all_subject(self.cluster), cb=self._on_nats_message, pending_msgs_limit=1_000_000)
         self.registry = Registry(bridge.js, self.cluster, self.hub_id, self.ttl)
         await self._enter_registry()
 
@@ -383,7 +408,96 @@ class ClusterLink:
 
     def send(self, subject: str, envelope: Envelope) -> None:
         """Publish ``envelope`` to ``subject``: at most once, dropped while NATS is away."""
-        self.bridge.publish(subject, _encode_envelope(envelope))
+        direct = self.direct
+        if direct is not None:
+            direct.publish(subject, _encode_envelope(envelope))  # leaves at this turn's `flush`
+        else:
+            self.bridge.publish(subject, _encode_envelope(envelope))
+
+    # the direct connection (hub thread)
+
+    def flush(self) -> None:
+        """Write what this turn of the hub's loop published, in one write. Hub thread."""
+        direct = self.direct
+        if direct is not None and direct.pending:
+            try:
+                direct.flush()
+            except ConnectionLost as exc:
+                self._direct_lost(exc)
+
+    def service(self) -> None:
+        """Read and route what arrived on the direct connection; write what waits. Hub thread."""
+        direct = self.direct
+        if direct is not None:
+            try:
+                direct.service()
+            except ConnectionLost as exc:
+                self._direct_lost(exc)
+
+    def _open_direct_now(self, timeout: float) -> None:
+        url = self.bridge.nc.connected_url
+        try:
+            opened = open_direct(url, self._direct_subjects(), self.bridge.name, timeout)
+        except (Unsupported, OSError, ValueError) as exc:
+            logger.info("hub-to-hub messages go through nats-py (no direct connection: %s)", exc)
+            return
+        self._adopt(opened)
+
+    def _direct_subjects(self) -> list[str]:
+        return [self.subject, all_subject(self.cluster)]
+
+    def _adopt(self, opened: tuple[Any, bytes, int]) -> None:
+        sock, rest, max_payload = opened
+        poller = self._poller
+        self.direct = Direct(sock, rest, max_payload, self._on_message, lambda on: poller.watch_writes(sock, on))
+        poller.register(sock)
+        if rest:
+            self.service()  # what came with the confirmation: the poller will not report it
+
+    def _close_direct(self) -> None:
+        direct, self.direct = self.direct, None
+        if direct is not None:
+            if self._poller is not None:
+                self._poller.unregister(direct.sock)
+            direct.close()
+
+    def _direct_lost(self, why: BaseException) -> None:
+        """The direct connection failed: open another (meanwhile, messages go through nats-py)."""
+        if not self._stopping:
+            logger.warning("the direct connection to NATS failed (%s); opening another", why)
+        self._close_direct()
+        self._reopen_direct()
+
+    def _reopen_direct(self, delay: float = 0.0) -> None:
+        if self._stopping or self._reopening:
+            return
+        self._reopening = True
+        bridge = self.bridge
+        subjects = self._direct_subjects()
+
+        async def work() -> Any:
+            await asyncio.sleep(delay)
+            url = bridge.nc.connected_url if bridge.connected else None
+            if url is None:
+                raise ConnectionError(UNREACHABLE)  # nats-py reconnects by itself; then this
+            return await asyncio.get_running_loop().run_in_executor(None, open_direct, url, subjects, bridge.name, 2.0)
+
+        def done(result: Any) -> None:
+            self._reopening = False
+            if isinstance(result, Unsupported):
+                logger.warning("hub-to-hub messages go through nats-py from now on (%s)", result)
+                for subject in subjects:
+                    bridge.subscribe(subject, self._on_message)
+            elif isinstance(result, BaseException):
+                if not self._stopping:
+                    logger.debug("no direct connection to NATS yet: %s", result)
+                    self._reopen_direct(0.2)
+            elif self._stopping:
+                result[0].close()
+            else:
+                self._adopt(result)
+
+        bridge.submit(work, done)
 
     def claim(self, session: Session) -> None:
         """Claim ``session``'s name (or renew its routes); the answer comes to the router."""
