@@ -63,24 +63,7 @@ def open_direct(url: ParseResult, subjects: list[str], name: str, timeout: float
         if not line.startswith(b"INFO "):
             raise OSError(f"NATS said {line[:80]!r} instead of INFO")
         info = json.loads(line[5:])
-        if info.get("tls_required"):
-            raise Unsupported("the server requires TLS")
-        connect: dict[str, object] = {
-            "verbose": False,
-            "pedantic": False,
-            "lang": "python",
-            "version": "winerp",
-            "protocol": 1,
-            "name": name,
-            "echo": False,  # this hub never needs its own messages back
-        }
-        if url.username and url.password is not None:
-            connect.update(user=url.username, **{"pass": url.password})
-        elif url.username:
-            connect["auth_token"] = url.username
-        elif info.get("auth_required"):
-            raise Unsupported("the server requires credentials the URL does not carry")
-        commands = [b"CONNECT " + json.dumps(connect).encode() + b"\r\n"]
+        commands = [b"CONNECT " + json.dumps(_connect_options(url, info, name)).encode() + b"\r\n"]
         commands += [b"SUB %s %d\r\n" % (subject.encode(), sid) for sid, subject in enumerate(subjects, 1)]
         sock.sendall(b"".join(commands) + b"PING\r\n")
         while True:
@@ -96,6 +79,28 @@ def open_direct(url: ParseResult, subjects: list[str], name: str, timeout: float
     except BaseException:
         sock.close()
         raise
+
+
+def _connect_options(url: ParseResult, info: dict[str, object], name: str) -> dict[str, object]:
+    """The CONNECT options for the server that sent ``info``, with the URL's credentials."""
+    if info.get("tls_required"):
+        raise Unsupported("the server requires TLS")
+    connect: dict[str, object] = {
+        "verbose": False,
+        "pedantic": False,
+        "lang": "python",
+        "version": "winerp",
+        "protocol": 1,
+        "name": name,
+        "echo": False,  # this hub never needs its own messages back
+    }
+    if url.username and url.password is not None:
+        connect.update(user=url.username, **{"pass": url.password})
+    elif url.username:
+        connect["auth_token"] = url.username
+    elif info.get("auth_required"):
+        raise Unsupported("the server requires credentials the URL does not carry")
+    return connect
 
 
 class _LineReader:
@@ -152,7 +157,9 @@ class Direct:
         """Queue ``data`` for ``subject``; it leaves at the next `flush`."""
         if len(data) > self.max_payload:
             # NATS would end the connection over it: dropped (at most once), said loudly.
-            logger.warning("dropped a %d-byte message to %s: NATS takes %d at most", len(data), subject, self.max_payload)
+            logger.warning(
+                "dropped a %d-byte message to %s: NATS takes %d at most", len(data), subject, self.max_payload
+            )
             return
         self._out.append(b"PUB %s %d\r\n%s\r\n" % (subject.encode(), len(data), data))
 
@@ -215,7 +222,10 @@ class Direct:
                 break
             if buffer.startswith(b"MSG ", position):
                 # MSG <subject> <sid> [reply-to] <size>
-                size = int(buffer[buffer.rfind(b" ", position, line_end) + 1 : line_end])
+                try:
+                    size = int(buffer[buffer.rfind(b" ", position, line_end) + 1 : line_end])
+                except ValueError:
+                    raise ConnectionLost("NATS sent a malformed message") from None
                 start = line_end + 2
                 if start + size + 2 > end:
                     break  # the rest of it is still on the way

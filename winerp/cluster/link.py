@@ -435,8 +435,10 @@ class ClusterLink:
                 self._direct_lost(exc)
 
     def _open_direct_now(self, timeout: float) -> None:
-        url = self.bridge.nc.connected_url
         try:
+            url = self.bridge.nc.connected_url
+            if url is None:
+                raise OSError("nats-py lost its connection meanwhile")
             opened = open_direct(url, self._direct_subjects(), self.bridge.name, timeout)
         except (Unsupported, OSError, ValueError) as exc:
             logger.info("hub-to-hub messages go through nats-py (no direct connection: %s)", exc)
@@ -642,19 +644,22 @@ class ClusterLink:
             self._deliver(out)
 
     def _apply(self, out: Output, key: str, value: bytes | None) -> None:
+        """One key of the bucket changed (``value`` None: deleted or expired)."""
         if key.startswith(HUB_PREFIX):
-            hub = key[len(HUB_PREFIX) :]
-            if value is None:
-                self.hubs.pop(hub, None)
-            elif hub != self.hub_id:
-                self.hubs[hub] = decode_hub_record(value)
-            return
-        if not key.startswith(NAME_PREFIX):
-            return
-        name = decode_name(key[len(NAME_PREFIX) :])
+            self._apply_hub(key[len(HUB_PREFIX) :], value)
+        elif key.startswith(NAME_PREFIX):
+            name = decode_name(key[len(NAME_PREFIX) :])
+            self._apply_name(out, name, decode_name_record(value) if value is not None else None)
+
+    def _apply_hub(self, hub: str, value: bytes | None) -> None:
+        if value is None:
+            self.hubs.pop(hub, None)
+        elif hub != self.hub_id:
+            self.hubs[hub] = decode_hub_record(value)
+
+    def _apply_name(self, out: Output, name: str, record: NameRecord | None) -> None:
         router = self.router
         current = router._by_name.get(name)
-        record = decode_name_record(value) if value is not None else None
         if record is None and current is not None and name in self.claimed:
             if not isinstance(current, RemoteSession):
                 self.claimed.discard(name)
