@@ -1,14 +1,20 @@
 #!/usr/bin/env python3
 """Hubs in a cluster: cross-hub calls against same-hub calls, a plain hub, and plain NATS.
 
-Method: one ``nats-server -js`` and three hubs, each its own process: A and B in one cluster,
-P without a cluster. A responder process holds ``resp-a`` on hub A, ``resp-p`` on hub P and a
-plain nats-py request/reply responder. This process (asyncio clients) measures, in rounds
-that alternate between the variants so that drift and noise hit all of them alike:
+Method: one ``nats-server -js`` and five hubs, each its own process: A and B in one cluster,
+C and D in another whose hubs send each other's messages through nats-py on its own thread
+(``WINERP_CLUSTER_NO_DIRECT=1``: the way a hub goes when it cannot open its direct connection),
+P without a cluster. A responder process holds ``resp-a`` on hub A, ``resp-c`` on hub C,
+``resp-p`` on hub P and a plain nats-py request/reply responder. This process (asyncio
+clients) measures, in rounds that alternate between the variants so that drift and noise
+hit all of them alike:
 
 * ``plain hub``: a client of P calls ``resp-p`` (the single-hub baseline);
 * ``same hub``: a client of A calls ``resp-a`` (clustered hub, the call stays in A);
-* ``cross hub``: a client of B calls ``resp-a`` (B -> NATS -> A and back);
+* ``cross hub``: a client of B calls ``resp-a`` (B -> NATS -> A and back, on the hubs'
+  direct connections, which their loops poll);
+* ``cross hub, nats-py thread``: a client of D calls ``resp-c`` (D -> NATS -> C and back,
+  each hub handing the message to and from its NATS thread);
 * ``plain NATS``: nats-py ``request`` to the nats-py responder (the engine's own floor).
 
 For each: the median round trip of a lone small request (p50 over ``--rtt`` calls) and the
@@ -66,12 +72,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start_hub(nats_url: str | None) -> tuple[subprocess.Popen[str], int]:
+def start_hub(nats_url: str | None, cluster_name: str = "bench", **env_extra: str) -> tuple[subprocess.Popen[str], int]:
     port = free_port()
     command = [sys.executable, "-m", "winerp", "--port", str(port), "--log-level", "WARNING"]
     if nats_url:
-        command += ["--cluster", nats_url, "--cluster-name", "bench"]
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+        command += ["--cluster", nats_url, "--cluster-name", cluster_name]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **env_extra)
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
     assert process.stdout is not None
     if "listening" not in process.stdout.readline():
@@ -83,10 +89,10 @@ RESPONDER = """
 import asyncio, sys
 import nats, winerp.aio
 
-async def main(port_a, port_p, nats_url):
+async def main(nats_url, ports):
     clients = []
-    for name, port in (("resp-a", port_a), ("resp-p", port_p)):
-        client = winerp.aio.Client(name, port=port, reconnect=False)
+    for name, port in ports:
+        client = winerp.aio.Client(name, port=int(port), reconnect=False)
         client.route("echo")(echo)
         await client.start(timeout=15)
         clients.append(client)
@@ -103,7 +109,7 @@ async def main(port_a, port_p, nats_url):
 async def echo(source, **kwargs):
     return kwargs
 
-asyncio.run(main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]))
+asyncio.run(main(sys.argv[1], [arg.split("=") for arg in sys.argv[2:]]))
 """
 
 
@@ -134,9 +140,10 @@ async def measure(args: argparse.Namespace, nats_url: str, hubs: dict[str, tuple
     plain = winerp.aio.Client("req-p", port=hubs["P"][1])
     same = winerp.aio.Client("req-a", port=hubs["A"][1])
     cross = winerp.aio.Client("req-b", port=hubs["B"][1])
-    for client in (plain, same, cross):
+    threaded = winerp.aio.Client("req-d", port=hubs["D"][1])
+    for client in (plain, same, cross, threaded):
         await client.start(timeout=15)
-    while "resp-a" not in await cross.peers():
+    while "resp-a" not in await cross.peers() or "resp-c" not in await threaded.peers():
         await asyncio.sleep(0.05)
     nc = await nats.connect(nats_url)
     body = b"\x82\xa7user_id*\xa4name\xa5small"  # the same small msgpack map
@@ -148,6 +155,7 @@ async def measure(args: argparse.Namespace, nats_url: str, hubs: dict[str, tuple
         "plain hub": (lambda: plain.request("echo", "resp-p", **PAYLOAD), ["P"]),
         "same hub": (lambda: same.request("echo", "resp-a", **PAYLOAD), ["A"]),
         "cross hub": (lambda: cross.request("echo", "resp-a", **PAYLOAD), ["A", "B"]),
+        "cross hub, nats-py thread": (lambda: threaded.request("echo", "resp-c", **PAYLOAD), ["C", "D"]),
         "plain NATS": (nats_call, []),
     }
     results: dict[str, dict[str, list[float]]] = {name: {"rtt": [], "rate": [], "cpu": []} for name in variants}
@@ -167,7 +175,7 @@ async def measure(args: argparse.Namespace, nats_url: str, hubs: dict[str, tuple
             for h in hub_names:
                 results[name]["cpu"].append((cpu_seconds(hubs[h][0].pid) - before[h]) / calls)
     await nc.close()
-    for client in (plain, same, cross):
+    for client in (plain, same, cross, threaded):
         await client.close()
     report(results, args)
 
@@ -191,6 +199,9 @@ def report(results: dict[str, dict[str, list[float]]], args: argparse.Namespace)
     print(f"cross hub / same hub, RTT p50:           {cross['rtt'] / same['rtt']:.2f} (floor: at most 2.5)")
     print(f"cross hub / same hub, req/s:             {cross['rate'] / same['rate']:.2f} (floor: at least 0.5)")
     print(f"cross hub / plain NATS, RTT p50:         {cross['rtt'] / medians['plain NATS']['rtt']:.2f}")
+    threaded = medians["cross hub, nats-py thread"]
+    print(f"cross hub, nats-py thread / same hub, RTT p50: {threaded['rtt'] / same['rtt']:.2f}")
+    print(f"cross hub, nats-py thread / same hub, req/s:   {threaded['rate'] / same['rate']:.2f}")
 
 
 def failure_trial(nats_url: str) -> dict[str, float]:
@@ -305,10 +316,14 @@ def main() -> None:
         )
         processes.append(nats_server)
         time.sleep(0.5)
+        threaded = {"WINERP_CLUSTER_NO_DIRECT": "1"}
         hubs = {"A": start_hub(nats_url), "B": start_hub(nats_url), "P": start_hub(None)}
+        hubs["C"] = start_hub(nats_url, "bench-threaded", **threaded)
+        hubs["D"] = start_hub(nats_url, "bench-threaded", **threaded)
         processes += [process for process, _ in hubs.values()]
+        ports = [f"resp-{name.lower()}={hubs[name][1]}" for name in ("A", "C", "P")]
         responder = subprocess.Popen(
-            [sys.executable, "-c", RESPONDER, str(hubs["A"][1]), str(hubs["P"][1]), nats_url],
+            [sys.executable, "-c", RESPONDER, nats_url, *ports],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
