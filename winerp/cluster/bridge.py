@@ -10,6 +10,10 @@ of its own (``winerp-cluster``) and hands work between the two loops through two
   per batch; the hub runs the batch on its own thread (`run_inbox`).
 
 Neither side ever blocks on the other: appends to a deque are atomic under the GIL.
+
+Frames between hubs usually skip the bridge: the hub's loop has a connection of its own for
+them (`winerp.cluster.direct`). They go through `publish` and `subscribe` here only where the
+hub could not open that connection, or while it opens another.
 """
 
 from __future__ import annotations

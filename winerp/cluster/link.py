@@ -2,7 +2,8 @@
 
 Each ready client of another hub appears in this hub's router as a `RemoteSession`: a
 session like any other, whose codec does not write to a socket but sends the frame over
-NATS, addressed to the hub that holds the client (``winerp.<cluster>.hub.<hub id>``). So
+NATS, addressed to the hub that holds the client (``winerp.<cluster>.hub.<hub id>``), on the
+hub loop's own connection (`winerp.cluster.direct`; through the bridge where there is none). So
 the router's own logic (names on hold, requests in flight, a peer that leaves failing what
 waits on it, presence, ``peers`` and ``routes``) covers the whole cluster unchanged, and a
 call between two clients of one hub never leaves it.
@@ -17,7 +18,8 @@ local client on hold directly. The key-value watch turns other hubs' keys into r
 sessions (joins) and their deletion or expiry into closes (leaves).
 
 Everything in `ClusterRouter` and `ClusterLink` runs on the hub's loop thread, under the
-hub's lock; the NATS side runs on the bridge's thread (`winerp.cluster.bridge`).
+hub's lock (but `start` and `stop`, before and after the loop); nats-py runs on the bridge's
+thread (`winerp.cluster.bridge`).
 """
 
 from __future__ import annotations
