@@ -436,6 +436,14 @@ class ClusterLink:
             except ConnectionLost as exc:
                 self._direct_lost(exc)
 
+    def detach(self) -> None:
+        """The hub's loop is shutting down: stop reading other hubs' frames (what goes to them
+        still leaves, at `stop`). Hub thread."""
+        self._stopping = True
+        direct = self.direct
+        if direct is not None and self._poller is not None:
+            self._poller.unregister(direct.sock)
+
     def _open_direct_now(self, timeout: float) -> None:
         try:
             url = self.bridge.nc.connected_url

@@ -680,6 +680,8 @@ class Hub:
     def _shut_down(self) -> None:
         """Tell every client the hub is going away, and give them `stop`'s timeout to close."""
         assert self._poller is not None
+        if self._cluster is not None:
+            self._cluster.detach()  # other hubs' frames are read no more
         if self._listener is not None:
             self._poller.unregister(self._listener)
             self._listener.close()
