@@ -226,3 +226,25 @@ def test_hubs_with_and_without_a_direct_connection_talk(
         near.stop()
         far.stop()
         assert os.environ.get("WINERP_CLUSTER_NO_DIRECT") is None
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "nats-py thread"])
+def test_a_message_too_large_for_nats_fails_with_payload_too_large_and_the_hubs_go_on(
+    nats: NatsServer, clients: list[Client], monkeypatch: pytest.MonkeyPatch, direct: bool
+) -> None:
+    if not direct:
+        monkeypatch.setenv("WINERP_CLUSTER_NO_DIRECT", "1")
+    near, far = _hub(nats), _hub(nats)
+    try:
+        caller, server = _pair_of_clients(clients, near, far)
+        big = b"x" * (2 * 1024 * 1024)  # within the hubs' limit (8 MiB), over NATS's (1 MiB)
+        server.route("big")(lambda source: big)
+        with pytest.raises(winerp.PayloadTooLarge, match="cannot cross to another hub"):
+            caller.request("echo", "server", value=big, timeout=30)  # at once, not at the timeout
+        with pytest.raises(winerp.PayloadTooLarge, match="cannot cross to another hub"):
+            caller.request("big", "server", timeout=30)
+        assert caller.request("echo", "server", value=b"small", timeout=5) == b"small"
+        assert "server" in caller.peers()  # nothing dropped the hubs' NATS connections
+    finally:
+        near.stop()
+        far.stop()

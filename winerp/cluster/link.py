@@ -34,7 +34,7 @@ from typing import Any
 
 import msgspec
 
-from ..protocol.codec import Message
+from ..protocol.codec import Message, Undeliverable
 from ..protocol.frames import (
     ErrorCode,
     Failure,
@@ -253,7 +253,10 @@ class ClusterRouter(Router):
             super()._route_inform(session, inform, out)
             return
         if session.state is SessionState.READY and not isinstance(session, RemoteSession):
-            self.link.send(all_subject(self.link.cluster), Envelope(session.name, self.link.hub_id, inform))
+            try:
+                self.link.send(all_subject(self.link.cluster), Envelope(session.name, self.link.hub_id, inform))
+            except Undeliverable as exc:
+                logger.warning("an inform to all from %r stays on this hub: %s", session.name, exc.message)
         self.broadcasting = True
         try:
             super()._route_inform(session, inform, out)
@@ -316,6 +319,8 @@ class ClusterLink:
         self._refresh_task: Any = None
         #: The hub loop's own connection for hub-to-hub messages (None: through the bridge).
         self.direct: Direct | None = None
+        #: The largest message NATS takes (its server says; 1 MiB unless configured).
+        self.max_payload = 1_048_576
         self._poller: Any = None
         self._reopening = False
         self._stopping = False
@@ -331,6 +336,7 @@ class ClusterLink:
         self.address = address
         self._poller = poller
         self.bridge.start(timeout)
+        self.max_payload = int(self.bridge.nc.max_payload or self.max_payload)
         try:
             if poller is not None and os.environ.get("WINERP_CLUSTER_NO_DIRECT") != "1":
                 self._open_direct_now(timeout)
@@ -409,12 +415,24 @@ class ClusterLink:
     # from the router (hub thread)
 
     def send(self, subject: str, envelope: Envelope) -> None:
-        """Publish ``envelope`` to ``subject``: at most once, dropped while NATS is away."""
+        """Publish ``envelope`` to ``subject``: at most once, dropped while NATS is away.
+
+        Raises:
+            Undeliverable: it is larger than NATS takes (the router fails the request, or
+                turns a reply into a failure, with `ErrorCode.PAYLOAD_TOO_LARGE`).
+        """
+        data = _encode_envelope(envelope)
+        if len(data) > self.max_payload:
+            raise Undeliverable(
+                ErrorCode.PAYLOAD_TOO_LARGE,
+                f"{len(data)} bytes cannot cross to another hub: the cluster's NATS server takes "
+                f"{self.max_payload} at most",
+            )
         direct = self.direct
         if direct is not None:
-            direct.publish(subject, _encode_envelope(envelope))  # leaves at this turn's `flush`
+            direct.publish(subject, data)  # leaves at this turn's `flush`
         else:
-            self.bridge.publish(subject, _encode_envelope(envelope))
+            self.bridge.publish(subject, data)
 
     # the direct connection (hub thread)
 
@@ -460,6 +478,7 @@ class ClusterLink:
 
     def _adopt(self, opened: tuple[Any, bytes, int]) -> None:
         sock, rest, max_payload = opened
+        self.max_payload = max_payload
         poller = self._poller
         self.direct = Direct(sock, rest, max_payload, self._on_message, lambda on: poller.watch_writes(sock, on))
         poller.register(sock)
