@@ -112,6 +112,7 @@ class RemoteCodec:
         return []  # frames of remote clients arrive through ClusterLink.on_message
 
     def encode(self, frame: Frame) -> list[Message]:
+        """Send ``frame`` to the hub of this client; nothing is written here. Raises `Undeliverable`."""
         kind = type(frame)
         name = self.name
         turned: Frame
