@@ -714,6 +714,10 @@ class ClusterLink:
 
     def _on_down(self, _: Any) -> None:
         """NATS went away: calls to other hubs' clients end now; their clients leave."""
+        if self.direct is not None:
+            # Its server may be gone without a word (a partition), and nats-py may come back
+            # through another: the direct connection follows nats-py's.
+            self._direct_lost(ConnectionLost("nats-py lost its connection"))
         with self._lock:
             router = self.router
             out: Output = []
