@@ -8,7 +8,13 @@ that alternate between the variants so that drift and noise hit all of them alik
 
 * ``plain hub``: a client of P calls ``resp-p`` (the single-hub baseline);
 * ``same hub``: a client of A calls ``resp-a`` (clustered hub, the call stays in A);
-* ``cross hub``: a client of B calls ``resp-a`` (B -> NATS -> A and back);
+* ``cross hub``: a client of B calls ``resp-a`` (B -> NATS -> A and back, on the hubs'
+  direct connections, which their loops poll);
+* with ``--threaded`` only, ``cross hub, nats-py thread``: two more hubs, C and D, in a
+  cluster of their own, pass frames through nats-py on its thread (``WINERP_CLUSTER_NO_DIRECT=1``,
+  the way of a hub that cannot open its direct connection); a client of D calls ``resp-c``
+  on C. Two more processes change the machine's load, so the other ratios of such a run
+  are not those of the floors;
 * ``plain NATS``: nats-py ``request`` to the nats-py responder (the engine's own floor).
 
 For each: the median round trip of a lone small request (p50 over ``--rtt`` calls) and the
@@ -19,7 +25,7 @@ Everything shares the machine's cores (on 2 cores: the requester, the hubs, NATS
 responder all compete), so this shows ratios within one run, not aggregate scaling: more
 hubs add capacity only where there are cores for them.
 
-    python benchmarks/bench_cluster.py [--rounds 3] [--rtt 1000] [--calls 5000]
+    python benchmarks/bench_cluster.py [--rounds 3] [--rtt 1000] [--calls 5000] [--threaded]
 
 ``--failures N`` measures failures instead, N times each: a hub SIGKILLed with a call in flight
 to one of its clients (time to ``PeerDisconnected`` at the caller on another hub; time until
@@ -66,12 +72,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start_hub(nats_url: str | None) -> tuple[subprocess.Popen[str], int]:
+def start_hub(nats_url: str | None, cluster_name: str = "bench", **env_extra: str) -> tuple[subprocess.Popen[str], int]:
     port = free_port()
     command = [sys.executable, "-m", "winerp", "--port", str(port), "--log-level", "WARNING"]
     if nats_url:
-        command += ["--cluster", nats_url, "--cluster-name", "bench"]
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+        command += ["--cluster", nats_url, "--cluster-name", cluster_name]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **env_extra)
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
     assert process.stdout is not None
     if "listening" not in process.stdout.readline():
@@ -83,10 +89,10 @@ RESPONDER = """
 import asyncio, sys
 import nats, winerp.aio
 
-async def main(port_a, port_p, nats_url):
+async def main(nats_url, ports):
     clients = []
-    for name, port in (("resp-a", port_a), ("resp-p", port_p)):
-        client = winerp.aio.Client(name, port=port, reconnect=False)
+    for name, port in ports:
+        client = winerp.aio.Client(name, port=int(port), reconnect=False)
         client.route("echo")(echo)
         await client.start(timeout=15)
         clients.append(client)
@@ -103,7 +109,7 @@ async def main(port_a, port_p, nats_url):
 async def echo(source, **kwargs):
     return kwargs
 
-asyncio.run(main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]))
+asyncio.run(main(sys.argv[1], [arg.split("=") for arg in sys.argv[2:]]))
 """
 
 
@@ -134,7 +140,11 @@ async def measure(args: argparse.Namespace, nats_url: str, hubs: dict[str, tuple
     plain = winerp.aio.Client("req-p", port=hubs["P"][1])
     same = winerp.aio.Client("req-a", port=hubs["A"][1])
     cross = winerp.aio.Client("req-b", port=hubs["B"][1])
-    for client in (plain, same, cross):
+    clients = [plain, same, cross]
+    if "D" in hubs:
+        threaded = winerp.aio.Client("req-d", port=hubs["D"][1])
+        clients.append(threaded)
+    for client in clients:
         await client.start(timeout=15)
     while "resp-a" not in await cross.peers():
         await asyncio.sleep(0.05)
@@ -150,6 +160,10 @@ async def measure(args: argparse.Namespace, nats_url: str, hubs: dict[str, tuple
         "cross hub": (lambda: cross.request("echo", "resp-a", **PAYLOAD), ["A", "B"]),
         "plain NATS": (nats_call, []),
     }
+    if "D" in hubs:
+        while "resp-c" not in await threaded.peers():
+            await asyncio.sleep(0.05)
+        variants["cross hub, nats-py thread"] = (lambda: threaded.request("echo", "resp-c", **PAYLOAD), ["C", "D"])
     results: dict[str, dict[str, list[float]]] = {name: {"rtt": [], "rate": [], "cpu": []} for name in variants}
     for call, _ in variants.values():  # warm up
         for _ in range(200):
@@ -167,7 +181,7 @@ async def measure(args: argparse.Namespace, nats_url: str, hubs: dict[str, tuple
             for h in hub_names:
                 results[name]["cpu"].append((cpu_seconds(hubs[h][0].pid) - before[h]) / calls)
     await nc.close()
-    for client in (plain, same, cross):
+    for client in clients:
         await client.close()
     report(results, args)
 
@@ -191,6 +205,10 @@ def report(results: dict[str, dict[str, list[float]]], args: argparse.Namespace)
     print(f"cross hub / same hub, RTT p50:           {cross['rtt'] / same['rtt']:.2f} (floor: at most 2.5)")
     print(f"cross hub / same hub, req/s:             {cross['rate'] / same['rate']:.2f} (floor: at least 0.5)")
     print(f"cross hub / plain NATS, RTT p50:         {cross['rtt'] / medians['plain NATS']['rtt']:.2f}")
+    if "cross hub, nats-py thread" in medians:
+        threaded = medians["cross hub, nats-py thread"]
+        print(f"cross hub, nats-py thread / same hub, RTT p50: {threaded['rtt'] / same['rtt']:.2f}")
+        print(f"cross hub, nats-py thread / same hub, req/s:   {threaded['rate'] / same['rate']:.2f}")
 
 
 def failure_trial(nats_url: str) -> dict[str, float]:
@@ -284,6 +302,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rtt", type=int, default=1000, help="lone calls per RTT sample")
     parser.add_argument("--calls", type=int, default=5000, help="calls per throughput sample")
+    parser.add_argument("--threaded", action="store_true", help="add hubs that pass frames through nats-py's thread")
     parser.add_argument("--failures", type=int, default=0, help="measure failure timings, this many times each")
     args = parser.parse_args()
     server = shutil.which("nats-server") or str(Path(sys.executable).parent / "nats-server")
@@ -306,9 +325,14 @@ def main() -> None:
         processes.append(nats_server)
         time.sleep(0.5)
         hubs = {"A": start_hub(nats_url), "B": start_hub(nats_url), "P": start_hub(None)}
+        if args.threaded:
+            threaded = {"WINERP_CLUSTER_NO_DIRECT": "1"}
+            hubs["C"] = start_hub(nats_url, "bench-threaded", **threaded)
+            hubs["D"] = start_hub(nats_url, "bench-threaded", **threaded)
         processes += [process for process, _ in hubs.values()]
+        ports = [f"resp-{name.lower()}={hubs[name][1]}" for name in ("A", "C", "P") if name in hubs]
         responder = subprocess.Popen(
-            [sys.executable, "-c", RESPONDER, str(hubs["A"][1]), str(hubs["P"][1]), nats_url],
+            [sys.executable, "-c", RESPONDER, nats_url, *ports],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,

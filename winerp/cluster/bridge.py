@@ -10,6 +10,10 @@ of its own (``winerp-cluster``) and hands work between the two loops through two
   per batch; the hub runs the batch on its own thread (`run_inbox`).
 
 Neither side ever blocks on the other: appends to a deque are atomic under the GIL.
+
+Frames between hubs usually skip the bridge: the hub's loop has a connection of its own for
+them (`winerp.cluster.direct`). They go through `publish` and `subscribe` here only where the
+hub could not open that connection, or while it opens another.
 """
 
 from __future__ import annotations
@@ -67,6 +71,8 @@ class Bridge:
         self._woken = False
         self._thread: threading.Thread | None = None
         self._closing = False
+        #: Run on the hub's thread after each batch of the inbox (the hub's loop is awake).
+        self.on_turn: Callable[[], None] | None = None
 
     # the hub's side
 
@@ -154,6 +160,8 @@ class Bridge:
                 handler(argument)
             except Exception:  # one bad message must not stop the batch
                 logger.exception("handling a cluster event failed")
+        if self.on_turn is not None:
+            self.on_turn()
 
     # the NATS side
 

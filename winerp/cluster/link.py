@@ -2,7 +2,8 @@
 
 Each ready client of another hub appears in this hub's router as a `RemoteSession`: a
 session like any other, whose codec does not write to a socket but sends the frame over
-NATS, addressed to the hub that holds the client (``winerp.<cluster>.hub.<hub id>``). So
+NATS, addressed to the hub that holds the client (``winerp.<cluster>.hub.<hub id>``), on the
+hub loop's own connection (`winerp.cluster.direct`; through the bridge where there is none). So
 the router's own logic (names on hold, requests in flight, a peer that leaves failing what
 waits on it, presence, ``peers`` and ``routes``) covers the whole cluster unchanged, and a
 call between two clients of one hub never leaves it.
@@ -17,7 +18,8 @@ local client on hold directly. The key-value watch turns other hubs' keys into r
 sessions (joins) and their deletion or expiry into closes (leaves).
 
 Everything in `ClusterRouter` and `ClusterLink` runs on the hub's loop thread, under the
-hub's lock; the NATS side runs on the bridge's thread (`winerp.cluster.bridge`).
+hub's lock (but `start` and `stop`, before and after the loop); nats-py runs on the bridge's
+thread (`winerp.cluster.bridge`).
 """
 
 from __future__ import annotations
@@ -25,13 +27,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any
 
 import msgspec
 
-from ..protocol.codec import Message
+from ..protocol.codec import Message, Undeliverable
 from ..protocol.frames import (
     ErrorCode,
     Failure,
@@ -45,6 +48,7 @@ from ..protocol.frames import (
 )
 from ..protocol.router import Output, Router, Session, SessionState
 from .bridge import Bridge
+from .direct import ConnectionLost, Direct, Unsupported, open_direct
 from .names import HubRecord, NameRecord, Registry, Taken, decode_hub_record, decode_name_record
 from .subjects import (
     HUB_PREFIX,
@@ -108,6 +112,7 @@ class RemoteCodec:
         return []  # frames of remote clients arrive through ClusterLink.on_message
 
     def encode(self, frame: Frame) -> list[Message]:
+        """Send ``frame`` to the hub of this client; nothing is written here. Raises `Undeliverable`."""
         kind = type(frame)
         name = self.name
         turned: Frame
@@ -249,7 +254,10 @@ class ClusterRouter(Router):
             super()._route_inform(session, inform, out)
             return
         if session.state is SessionState.READY and not isinstance(session, RemoteSession):
-            self.link.send(all_subject(self.link.cluster), Envelope(session.name, self.link.hub_id, inform))
+            try:
+                self.link.send(all_subject(self.link.cluster), Envelope(session.name, self.link.hub_id, inform))
+            except Undeliverable as exc:
+                logger.warning("an inform to all from %r stays on this hub: %s", session.name, exc.message)
         self.broadcasting = True
         try:
             super()._route_inform(session, inform, out)
@@ -302,6 +310,7 @@ class ClusterLink:
         self._evict = evict
         self.router = ClusterRouter(self, **router_options)
         self.bridge = Bridge(servers, wake=wake, on_down=self._on_down, on_up=self._on_up, name=f"winerp-hub {cluster}")
+        self.bridge.on_turn = self.service
         self.registry: Registry | None = None
         #: Names this hub holds in the cluster (hub thread's view).
         self.claimed: set[str] = set()
@@ -309,16 +318,32 @@ class ClusterLink:
         self.hubs: dict[str, HubRecord] = {}
         self._watch_task: asyncio.Future[Any] | None = None
         self._refresh_task: Any = None
+        #: The hub loop's own connection for hub-to-hub messages (None: through the bridge).
+        self.direct: Direct | None = None
+        #: The largest message NATS takes (its server says; 1 MiB unless configured).
+        self.max_payload = 1_048_576
+        self._poller: Any = None
+        self._reopening = False
+        self._stopping = False
 
     # lifecycle (the hub's thread that starts and stops it)
 
-    def start(self, address: str, timeout: float = 5.0) -> None:
-        """Connect, take part: subscribe, announce this hub, watch the names. Blocks until done."""
+    def start(self, address: str, timeout: float = 5.0, poller: Any = None) -> None:
+        """Connect, take part: subscribe, announce this hub, watch the names. Blocks until done.
+
+        With the hub's ``poller`` (before its loop runs), hub-to-hub messages take a direct
+        connection that the hub's loop polls itself (`winerp.cluster.direct`), where it can.
+        """
         self.address = address
+        self._poller = poller
         self.bridge.start(timeout)
+        self.max_payload = int(self.bridge.nc.max_payload or self.max_payload)
         try:
+            if poller is not None and os.environ.get("WINERP_CLUSTER_NO_DIRECT") != "1":
+                self._open_direct_now(timeout)
             asyncio.run_coroutine_threadsafe(self._join(), self.bridge.loop).result(timeout)
         except BaseException:
+            self._close_direct()
             self.bridge.stop()
             raise
         self._refresh_task = asyncio.run_coroutine_threadsafe(self._refresh_forever(), self.bridge.loop)
@@ -326,9 +351,17 @@ class ClusterLink:
 
     def stop(self, timeout: float = 3.0) -> None:
         """Give up this hub's names and its record at once (others need not wait for expiry), then close."""
+        self._stopping = True
         for task in (self._refresh_task, self._watch_task):
             if task is not None:
                 task.cancel()
+        direct = self.direct
+        if direct is not None:
+            try:
+                direct.flush()  # the last answers, as far as the socket takes them at once
+            except ConnectionLost:
+                pass
+            self._close_direct()
         registry = self.registry
         if registry is not None and self.bridge.connected:
             try:
@@ -339,8 +372,9 @@ class ClusterLink:
 
     async def _join(self) -> None:
         bridge = self.bridge
-        await bridge.nc.subscribe(self.subject, cb=self._on_nats_message, pending_msgs_limit=1_000_000)
-        await bridge.nc.subscribe(all_subject(self.cluster), cb=self._on_nats_message, pending_msgs_limit=1_000_000)
+        if self.direct is None:
+            await bridge.nc.subscribe(self.subject, cb=self._on_nats_message, pending_msgs_limit=1_000_000)
+            await bridge.nc.subscribe(all_subject(self.cluster), cb=self._on_nats_message, pending_msgs_limit=1_000_000)
         self.registry = Registry(bridge.js, self.cluster, self.hub_id, self.ttl)
         await self._enter_registry()
 
@@ -382,8 +416,120 @@ class ClusterLink:
     # from the router (hub thread)
 
     def send(self, subject: str, envelope: Envelope) -> None:
-        """Publish ``envelope`` to ``subject``: at most once, dropped while NATS is away."""
-        self.bridge.publish(subject, _encode_envelope(envelope))
+        """Publish ``envelope`` to ``subject``: at most once, dropped while NATS is away.
+
+        Raises:
+            Undeliverable: it is larger than NATS takes (the router fails the request, or
+                turns a reply into a failure, with `ErrorCode.PAYLOAD_TOO_LARGE`).
+        """
+        data = _encode_envelope(envelope)
+        if len(data) > self.max_payload:
+            raise Undeliverable(
+                ErrorCode.PAYLOAD_TOO_LARGE,
+                f"{len(data)} bytes cannot cross to another hub: the cluster's NATS server takes "
+                f"{self.max_payload} at most",
+            )
+        direct = self.direct
+        if direct is not None:
+            direct.publish(subject, data)  # leaves at this turn's `flush`
+        else:
+            self.bridge.publish(subject, data)
+
+    # the direct connection (hub thread)
+
+    def flush(self) -> None:
+        """Write what this turn of the hub's loop published, in one write. Hub thread."""
+        direct = self.direct
+        if direct is not None and direct.pending:
+            try:
+                direct.flush()
+            except ConnectionLost as exc:
+                self._direct_lost(exc)
+
+    def service(self) -> None:
+        """Read and route what arrived on the direct connection; write what waits. Hub thread."""
+        direct = self.direct
+        if direct is not None:
+            try:
+                direct.service()
+            except ConnectionLost as exc:
+                self._direct_lost(exc)
+
+    def detach(self) -> None:
+        """The hub's loop is shutting down: stop reading other hubs' frames (what goes to them
+        still leaves, at `stop`). Hub thread."""
+        self._stopping = True
+        direct = self.direct
+        if direct is not None and self._poller is not None:
+            self._poller.unregister(direct.sock)
+
+    def _open_direct_now(self, timeout: float) -> None:
+        try:
+            url = self.bridge.nc.connected_url
+            if url is None:
+                raise OSError("nats-py lost its connection meanwhile")
+            opened = open_direct(url, self._direct_subjects(), self.bridge.name, timeout)
+        except (Unsupported, OSError, ValueError) as exc:
+            logger.info("hub-to-hub messages go through nats-py (no direct connection: %s)", exc)
+            return
+        self._adopt(opened)
+
+    def _direct_subjects(self) -> list[str]:
+        return [self.subject, all_subject(self.cluster)]
+
+    def _adopt(self, opened: tuple[Any, bytes, int]) -> None:
+        sock, rest, max_payload = opened
+        self.max_payload = max_payload
+        poller = self._poller
+        self.direct = Direct(sock, rest, max_payload, self._on_message, lambda on: poller.watch_writes(sock, on))
+        poller.register(sock)
+        if rest:
+            self.service()  # what came with the confirmation: the poller will not report it
+
+    def _close_direct(self) -> None:
+        direct, self.direct = self.direct, None
+        if direct is not None:
+            if self._poller is not None:
+                self._poller.unregister(direct.sock)
+            direct.close()
+
+    def _direct_lost(self, why: BaseException) -> None:
+        """The direct connection failed: open another (meanwhile, messages go through nats-py)."""
+        if not self._stopping:
+            logger.warning("the direct connection to NATS failed (%s); opening another", why)
+        self._close_direct()
+        self._reopen_direct()
+
+    def _reopen_direct(self, delay: float = 0.0) -> None:
+        if self._stopping or self._reopening:
+            return
+        self._reopening = True
+        bridge = self.bridge
+        subjects = self._direct_subjects()
+
+        async def work() -> Any:
+            await asyncio.sleep(delay)
+            url = bridge.nc.connected_url if bridge.connected else None
+            if url is None:
+                raise ConnectionError(UNREACHABLE)  # nats-py reconnects by itself; then this
+            return await asyncio.get_running_loop().run_in_executor(None, open_direct, url, subjects, bridge.name, 2.0)
+
+        def done(result: Any) -> None:
+            self._reopening = False
+            if isinstance(result, Unsupported):
+                logger.warning("hub-to-hub messages go through nats-py from now on (%s)", result)
+                for subject in subjects:
+                    bridge.subscribe(subject, self._on_message)
+            elif isinstance(result, BaseException):
+                if not self._stopping:
+                    logger.debug("no direct connection to NATS yet: %s", result)
+                    self._reopen_direct(0.2)
+            elif self._stopping:
+                result[0].close()
+            else:
+                self._adopt(result)
+
+        bridge.submit(work, done)
 
     def claim(self, session: Session) -> None:
         """Claim ``session``'s name (or renew its routes); the answer comes to the router."""
@@ -528,19 +674,22 @@ class ClusterLink:
             self._deliver(out)
 
     def _apply(self, out: Output, key: str, value: bytes | None) -> None:
+        """One key of the bucket changed (``value`` None: deleted or expired)."""
         if key.startswith(HUB_PREFIX):
-            hub = key[len(HUB_PREFIX) :]
-            if value is None:
-                self.hubs.pop(hub, None)
-            elif hub != self.hub_id:
-                self.hubs[hub] = decode_hub_record(value)
-            return
-        if not key.startswith(NAME_PREFIX):
-            return
-        name = decode_name(key[len(NAME_PREFIX) :])
+            self._apply_hub(key[len(HUB_PREFIX) :], value)
+        elif key.startswith(NAME_PREFIX):
+            name = decode_name(key[len(NAME_PREFIX) :])
+            self._apply_name(out, name, decode_name_record(value) if value is not None else None)
+
+    def _apply_hub(self, hub: str, value: bytes | None) -> None:
+        if value is None:
+            self.hubs.pop(hub, None)
+        elif hub != self.hub_id:
+            self.hubs[hub] = decode_hub_record(value)
+
+    def _apply_name(self, out: Output, name: str, record: NameRecord | None) -> None:
         router = self.router
         current = router._by_name.get(name)
-        record = decode_name_record(value) if value is not None else None
         if record is None and current is not None and name in self.claimed:
             if not isinstance(current, RemoteSession):
                 self.claimed.discard(name)
@@ -565,6 +714,10 @@ class ClusterLink:
 
     def _on_down(self, _: Any) -> None:
         """NATS went away: calls to other hubs' clients end now; their clients leave."""
+        if self.direct is not None:
+            # Its server may be gone without a word (a partition), and nats-py may come back
+            # through another: the direct connection follows nats-py's.
+            self._direct_lost(ConnectionLost("nats-py lost its connection"))
         with self._lock:
             router = self.router
             out: Output = []

@@ -248,7 +248,7 @@ class Hub:
         self._poller.register(self._waker[0])
         if self._cluster is not None:
             try:
-                self._cluster.start(f"{self.host}:{self._bound_port}")
+                self._cluster.start(f"{self.host}:{self._bound_port}", poller=self._poller)
             except BaseException:
                 self._poller.close()
                 for end in self._waker:
@@ -322,6 +322,7 @@ class Hub:
         connections = self._connections
         by_fd = connections.by_fd
         listener = self._listener.fileno()
+        cluster = self._cluster
         sweep_every = min(0.5, self.heartbeat / 2)
         next_sweep = time.monotonic() + sweep_every
         try:
@@ -339,6 +340,8 @@ class Hub:
                             self._drain_waker()  # or a stale event of a connection gone meanwhile
                             if self._cluster is not None:
                                 self._cluster.bridge.run_inbox()
+                    if cluster is not None:
+                        cluster.flush()  # what this turn sends other hubs, in one write
                     if connections.dirty:
                         connections.flush_all(self._fail)
                     if now >= next_sweep:
@@ -677,6 +680,8 @@ class Hub:
     def _shut_down(self) -> None:
         """Tell every client the hub is going away, and give them `stop`'s timeout to close."""
         assert self._poller is not None
+        if self._cluster is not None:
+            self._cluster.detach()  # other hubs' frames are read no more
         if self._listener is not None:
             self._poller.unregister(self._listener)
             self._listener.close()
