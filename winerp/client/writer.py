@@ -9,9 +9,9 @@ leaves at once.
 * Several threads at once: a thread that finds the lock taken queues its frame, and the
   thread writing takes it along (`send`).
 * On the facade's event loop (`batch_writes`): with other calls in flight, the frames a
-  turn of the loop sends are written once when the turn ends; the answers coroutine routes
-  give while the loop handles several messages just read leave after the last of them
-  (`gather` / `write_gathered`).
+  turn of the loop sends are written 16 at a time and the rest when the turn ends; the
+  answers coroutine routes give while the loop handles several messages just read leave
+  the same way, the rest after the last message (`gather` / `write_gathered`).
 * A burst of informs from one thread: the frames are queued for the flusher thread
   (``winerp-writer-<name>``, started by the first burst), which writes what is queued each
   time it wakes.
@@ -44,6 +44,10 @@ _MAX_QUEUED_FRAMES = 1024
 # written by the flusher thread: a burst of informs costs one write per batch instead of
 # one system call each, and a lone inform is still written at once.
 _BURST_WINDOW = 0.0005
+# On the facade's loop, gathered frames are written every this many, not only when the turn
+# ends: the hub starts on the first while the loop builds the rest. With 64 requests in
+# flight (aio), 16 or 32 gave about 1.5x the requests per second of one write per turn.
+_LOOP_BATCH = 16
 
 
 class Writer:
@@ -129,8 +133,10 @@ class Writer:
             self.send(payload)
             return
         queue.append(client_frame(OP_BINARY, payload))
-        if len(queue) > _MAX_QUEUED_FRAMES:
-            self._drain(wait=False)  # far ahead of the flusher: this sender writes, or waits for it
+        if len(queue) > _MAX_QUEUED_FRAMES or (on_loop and len(queue) >= _LOOP_BATCH):
+            # Enough for one write (on the loop), or far ahead of the flusher: this sender
+            # writes, or waits for the writer.
+            self._drain(wait=False)
         elif on_loop:
             if not self._gathering:  # else `write_gathered` writes it, after the messages read
                 self._flush_at_turn_end()
