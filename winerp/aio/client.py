@@ -14,6 +14,7 @@ from typing import Any, Literal, overload
 from .. import errors
 from ..client.base import BaseClient, call_event, call_route, destinations_list, is_async_callable
 from ..client.calls import Call
+from ..client.events import LoopTurns
 from .tasks import start_task
 
 __all__ = ["Client"]
@@ -324,8 +325,8 @@ class Client(BaseClient):
             return None
         return reader.can_read
 
-    def _batch_writes(self) -> tuple[int, Callable[[Callable[[], None]], object]] | None:
-        """This client's loop: what its callers and coroutine handlers send leaves once per turn."""
+    def _batch_writes(self) -> LoopTurns | None:
+        """This client's loop, whose callers and coroutine handlers may have their frames gathered."""
         loop, thread = self._loop, self._loop_thread
         if loop is None or thread is None or loop.is_closed():
             return None

@@ -59,9 +59,9 @@ class Hooks(Protocol):
     def batch_writes(self) -> LoopTurns | None:
         """The facade's event loop, if its callers send from one: its thread and its ``call_soon``.
 
-        What that thread sends is then written once per turn of the loop (every request,
-        answer and inform of one turn in one write). None: no such loop, each send is
-        written at once.
+        What that thread sends while more is under way is then gathered and written several
+        frames at a time, the rest when the turn ends (see `winerp.client.writer`). None: no
+        such loop.
         """
 
 
