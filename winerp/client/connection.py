@@ -203,7 +203,12 @@ class Connection:
         return True
 
     def release(self) -> None:
-        """Close the socket's descriptor; for the thread that serves the connection, once it is over."""
+        """Close the socket's descriptor; for the thread that serves the connection, once it is over.
+
+        The writer's flusher thread (if any) is over first: closing the client leaves no
+        thread of it behind.
+        """
+        self.writer.join()
         try:
             self.ws.shutdown()  # type: ignore[no-untyped-call]
         except Exception:  # noqa: BLE001 - nothing to report on a socket being thrown away

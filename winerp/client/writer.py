@@ -166,6 +166,14 @@ class Writer:
         self._stopped = True
         self._kicks.put(None)
 
+    def join(self, timeout: float = 5.0) -> None:
+        """Wait for the flusher thread to end, after `stop` (not from the flusher itself)."""
+        with self._start_lock:
+            self._stopped = True  # no flusher starts from now on
+            flusher = self._flusher
+        if flusher is not None and flusher is not threading.current_thread():
+            flusher.join(timeout)
+
     # the facade's event loop
 
     def batch_writes(self, turns: LoopTurns | None) -> None:
