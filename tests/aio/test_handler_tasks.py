@@ -224,3 +224,22 @@ async def test_what_one_turn_of_the_loop_sends_arrives_whole_and_in_order(client
     assert seen == list(range(500))
     answers = await asyncio.gather(*(sender.request("echo", "receiver", value=n) for n in range(200)))
     assert answers == list(range(200))
+
+
+def test_a_loop_with_a_task_factory_makes_handler_tasks_with_it() -> None:
+    made: list[str] = []
+
+    def factory(loop: asyncio.AbstractEventLoop, coroutine: Any, **options: Any) -> asyncio.Task[Any]:
+        made.append("by the factory")
+        return asyncio.Task(coroutine, loop=loop, **options)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_task_factory(factory)
+        started: list[asyncio.Task[None] | None] = []
+        loop.call_soon(lambda: started.append(start_task(loop, _noop())))
+        await asyncio.sleep(0.01)
+        assert made == ["by the factory"]
+        assert started[0] is not None
+
+    asyncio.run(main())

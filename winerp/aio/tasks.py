@@ -17,7 +17,8 @@ are fixed in those released versions (3.9 to 3.11), the only ones that take this
 `tests/aio/test_handler_tasks.py` holds both paths to the same behaviour.
 
 A task can only start eagerly where no other task is running (a loop callback, such as
-the one that reads the connection); elsewhere it is created the ordinary way.
+the one that reads the connection), and only on a loop without a task factory of its own;
+elsewhere it is created the ordinary way.
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ def start_task(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, N
 
     Returns the task while it still runs, or None when it already ended (nothing to track).
     """
-    if asyncio.current_task(loop) is not None:
+    if asyncio.current_task(loop) is not None or loop.get_task_factory() is not None:
+        # Inside another task no task can start eagerly; a loop with a task factory of its
+        # own (tracing, context propagation) gets its tasks made by that factory.
         return loop.create_task(coroutine)
     task = _eager(loop, coroutine)
     return None if task.done() else task
