@@ -117,12 +117,18 @@ class Writer:
         """Send a binary message that may leave in one write with others (a request, an answer, an inform).
 
         Never blocks on a flusher; order is kept. A frame is written at once unless more
-        are coming: ``crowded`` (the caller knows others are under way, e.g. other calls
-        in flight), or a ``fire_and_forget`` frame (an inform) within a burst (the last
-        write was under `_BURST_WINDOW` ago, or frames are waiting). Such a frame is
-        queued: sent from the facade's event loop it is written with the rest of this turn
-        of the loop when the turn ends; from another thread the flusher thread writes it
-        with whatever else is queued. A lone request never waits.
+        are coming:
+
+        * on the facade's event loop: ``crowded`` (the caller knows others are under way,
+          e.g. other calls in flight), a flush already due this turn, or the loop handling
+          several messages just read; the frame is gathered and written 16 to a write, the
+          rest when the turn ends (or after the messages read);
+        * anywhere: a ``fire_and_forget`` frame (an inform) within a burst (the last write
+          was under `_BURST_WINDOW` ago, or frames are waiting); off the loop the flusher
+          thread writes it with whatever else is queued.
+
+        Off the loop ``crowded`` changes nothing: handing a thread's request to the flusher
+        measured no faster than writing it. A lone request never waits.
         """
         queue = self.queue
         on_loop = self._loop_thread == threading.get_ident()
