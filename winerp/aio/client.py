@@ -284,12 +284,17 @@ class Client(BaseClient):
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> bool:
         """Start ``coroutine`` as a task on the client's loop, from any thread; False if the loop is gone."""
         loop = self._loop
+        if threading.get_ident() == self._loop_thread and not self._workers.closed:
+            # The usual case, a handler due on the loop's own thread (the loop reads the
+            # connection): the loop runs, so it is not closed.
+            assert loop is not None
+            task = start_task(loop, coroutine)
+            if task is not None:
+                self._track_task(task)
+            return True
         if loop is None or loop.is_closed() or self._workers.closed:
             coroutine.close()
             return False
-        if self._on_loop():
-            self._track_task(start_task(loop, coroutine))
-            return True
         try:
             loop.call_soon_threadsafe(self._start_task, coroutine)
         except RuntimeError:  # closed between the check and the call

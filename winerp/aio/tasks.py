@@ -39,7 +39,7 @@ def start_task(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, N
 
     Returns the task while it still runs, or None when it already ended (nothing to track).
     """
-    if asyncio.current_task(loop) is not None or loop.get_task_factory() is not None:
+    if _current_task(loop) is not None or loop.get_task_factory() is not None:
         # Inside another task no task can start eagerly; a loop with a task factory of its
         # own (tracing, context propagation) gets its tasks made by that factory.
         return loop.create_task(coroutine)
@@ -48,6 +48,7 @@ def start_task(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, N
 
 
 if sys.version_info >= (3, 12):
+    _current_task = asyncio.current_task
 
     def _eager(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, None]) -> Task:
         return asyncio.Task(coroutine, loop=loop, eager_start=True)
@@ -55,13 +56,21 @@ if sys.version_info >= (3, 12):
 else:
     from asyncio import futures, tasks
 
+    # asyncio.current_task(loop) without its Python call (it is one before 3.12).
+    _current_task = tasks._current_tasks.get  # type: ignore[attr-defined]
+
     class _EagerTask(tasks._PyTask):  # type: ignore[name-defined,misc]
         """asyncio's pure-Python task, created without scheduling its first step."""
+
+        # The name is made when asked for (most handlers end before anyone asks).
+        _name = property(
+            lambda self: self.__dict__.get("_name") or f"winerp-handler-{id(self):x}",
+            lambda self, name: self.__dict__.__setitem__("_name", name),
+        )
 
         def __init__(self, coroutine: Coroutine[Any, Any, None], loop: asyncio.AbstractEventLoop) -> None:
             # What tasks._PyTask.__init__ does on 3.11, except `loop.call_soon(self.__step)`.
             futures._PyFuture.__init__(self, loop=loop)  # type: ignore[attr-defined]
-            self._name = f"winerp-handler-{id(self):x}"
             self._num_cancels_requested = 0
             self._must_cancel = False
             self._fut_waiter = None

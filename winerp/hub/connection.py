@@ -267,15 +267,19 @@ class HubConnection:
             header = server_header(OP_TEXT, len(message))
         self.queue(header, message)
 
-    def queue(self, *parts: bytes) -> None:
-        """Queue bytes; they leave in the next `flush`, joined. Dropped once the connection is ending."""
+    def queue(self, data: bytes, body: bytes = b"") -> None:
+        """Queue bytes (a frame's header and body may come apart); they leave in the next `flush`, joined.
+
+        Dropped once the connection is ending.
+        """
         stage = self.stage
         if stage is not _OPEN and stage in _ENDING:
             return
         out = self.out
-        for part in parts:
-            out.append(part)
-            self.out_bytes += len(part)
+        out.append(data)
+        if body:
+            out.append(body)
+        self.out_bytes += len(data) + len(body)
         if self.out_bytes + len(self.unsent) > self.connections.outbox_limit:
             self._overflowed()
             return

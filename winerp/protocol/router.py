@@ -432,9 +432,9 @@ class Router:
         self._emit(out, requester, messages, type(forwarded))
 
     def _route_inform(self, session: Session, inform: Inform, out: Output) -> None:
-        self._require_registered(session, inform)
         if session.state is not SessionState.READY:
-            return
+            self._require_registered(session, inform)
+            return  # on hold: its informs go nowhere
         information = Information(session.name, inform.data)
         if not inform.peers:
             self._fan_out(out, self._others(session), information)
