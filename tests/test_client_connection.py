@@ -121,12 +121,16 @@ class Owner:
     def __init__(self) -> None:
         self.frames: list[Frame] = []
         self.closed: list[Connection] = []
+        self.ticks = 0
 
     def frame_received(self, connection: Connection, frame: Frame) -> None:
         self.frames.append(frame)
 
     def connection_closed(self, connection: Connection) -> None:
         self.closed.append(connection)
+
+    def tick(self, now: float) -> None:
+        self.ticks += 1
 
 
 class HubEnd:

@@ -36,7 +36,7 @@ SYNC_ONLY: set[str] = set()
 #: Methods that wait: blocking in the sync client, coroutines in the aio client.
 WAITING = {"start", "wait_until_ready", "close", "request", "inform", "ping", "peers", "request_many"}
 #: Neither waits: the same plain methods in both.
-PLAIN = {"route", "event"}
+PLAIN = {"route", "event", "submit"}
 PROPERTIES = {"name", "local_name", "is_ready", "authorized", "on_hold"}
 
 ERRORS = [

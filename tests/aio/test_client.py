@@ -829,6 +829,75 @@ async def test_request_timeout_is_a_timeout_error(clients: Clients) -> None:
 
 
 @aio
+async def test_submit_returns_futures_of_the_answers_in_flight_together(clients: Clients) -> None:
+    server = await clients("b", start=False)
+    gate = Gate()
+
+    @server.route
+    async def double(source: str, number: int) -> int:
+        if number == 0:
+            await gate.wait()  # the first answer waits until every request is in flight
+        return 2 * number
+
+    await server.start(timeout=5)
+    caller = await clients("a")
+    futures = [caller.submit("double", "b", number=number) for number in range(50)]
+    await asyncio.wait_for(gate.entered.wait(), 5)
+    assert not futures[0].done()
+    gate.open()
+    assert await asyncio.wait_for(asyncio.gather(*futures), 5) == [2 * number for number in range(50)]
+    dropped = caller.submit("double", "b", number=1)
+    dropped.cancel()  # the answer is dropped quietly; the client keeps working
+    assert await caller.request("double", "b", number=2) == 4
+
+
+@aio
+async def test_submit_errors_arrive_in_the_future(clients: Clients) -> None:
+    server = await clients("b", start=False)
+
+    @server.route
+    async def fails(source: str) -> None:
+        raise ValueError("no")
+
+    await server.start(timeout=5)
+    caller = await clients("a")
+    missing = caller.submit("fails", "nobody")
+    unknown = caller.submit("no_such_route", "b")
+    raising = caller.submit("fails", "b")
+    await _raises(errors.DestinationNotFound, missing)
+    await _raises(errors.RouteNotFound, unknown)
+    error = await _raises(errors.ClientRuntimeError, raising)
+    assert isinstance(error, errors.ClientRuntimeError) and error.remote_type == "ValueError"
+    with pytest.raises(errors.ClientNotReadyError):
+        (await clients("c", start=False)).submit("fails", "b")
+
+
+@aio
+async def test_submit_times_out_by_itself_when_nobody_waits(clients: Clients) -> None:
+    gate = Gate()
+    server = await clients("b", start=False)
+
+    @server.route
+    async def stuck(source: str) -> None:
+        await gate.wait()
+
+    await server.start(timeout=5)
+    caller = await clients("a")
+    started = time.monotonic()
+    future = caller.submit("stuck", "b", timeout=0.3)
+    try:
+        done = asyncio.Event()
+        future.add_done_callback(lambda _: done.set())
+        await asyncio.wait_for(done.wait(), 5)  # nobody awaited it: the client ended it
+        elapsed = time.monotonic() - started
+    finally:
+        gate.open()
+    assert isinstance(future.exception(), errors.RequestTimeout)
+    assert 0.25 < elapsed < 0.3 + PROMPT
+    assert await caller.ping("b")  # the late answer is dropped; the client keeps working
+
+
+@aio
 async def test_unencodable_arguments_raise_type_error_and_send_nothing(clients: Clients) -> None:
     calls = Recorder()
     server = await clients("b", start=False)

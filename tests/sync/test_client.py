@@ -761,6 +761,69 @@ def test_request_timeout_is_a_timeout_error(clients: Any) -> None:
     assert caller.ping("b")  # the late answer is dropped; the client keeps working
 
 
+def test_submit_returns_futures_of_the_answers_in_flight_together(clients: Any) -> None:
+    server = clients("b", start=False)
+    gate = Gate()
+
+    @server.route
+    def double(source: str, number: int) -> int:
+        if number == 0:
+            gate.wait()  # the first answer waits until every request is in flight
+        return 2 * number
+
+    server.start(timeout=5)
+    caller = clients("a")
+    futures = [caller.submit("double", "b", number=number) for number in range(50)]
+    assert gate.entered.wait(5)
+    assert not futures[0].done() and not futures[0].cancel()  # on its way: not cancellable
+    gate.open()
+    assert [future.result(5) for future in futures] == [2 * number for number in range(50)]
+
+
+def test_submit_errors_arrive_in_the_future(clients: Any) -> None:
+    server = clients("b", start=False)
+
+    @server.route
+    def fails(source: str) -> None:
+        raise ValueError("no")
+
+    server.start(timeout=5)
+    caller = clients("a")
+    missing = caller.submit("fails", "nobody")
+    unknown = caller.submit("no_such_route", "b")
+    raising = caller.submit("fails", "b")
+    assert isinstance(missing.exception(5), errors.DestinationNotFound)
+    assert isinstance(unknown.exception(5), errors.RouteNotFound)
+    error = raising.exception(5)
+    assert isinstance(error, errors.ClientRuntimeError) and error.remote_type == "ValueError"
+    with pytest.raises(errors.ClientNotReadyError):
+        clients("c", start=False).submit("fails", "b")
+
+
+def test_submit_times_out_by_itself_when_nobody_waits(clients: Any) -> None:
+    gate = Gate()
+    server = clients("b", start=False)
+
+    @server.route
+    def stuck(source: str) -> None:
+        gate.wait()
+
+    server.start(timeout=5)
+    caller = clients("a")
+    started = time.monotonic()
+    future = caller.submit("stuck", "b", timeout=0.3)
+    try:
+        done = threading.Event()
+        future.add_done_callback(lambda _: done.set())
+        assert done.wait(5)  # nobody called result(): the client ended it
+        elapsed = time.monotonic() - started
+    finally:
+        gate.open()
+    assert isinstance(future.exception(0), errors.RequestTimeout)
+    assert 0.25 < elapsed < 0.3 + PROMPT
+    assert caller.ping("b")  # the late answer is dropped; the client keeps working
+
+
 def test_unencodable_arguments_raise_type_error_and_send_nothing(clients: Any) -> None:
     calls = Recorder()
     server = clients("b", start=False)

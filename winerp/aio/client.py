@@ -166,6 +166,32 @@ class Client(BaseClient):
         waiter, listener = self._waiter()
         return await self._wait(self._core.request(source, route, kwargs, listener, timeout), waiter)
 
+    def submit(self, route: str, source: str, timeout: float = 60, **kwargs: Any) -> asyncio.Future[Any]:
+        """Send a request now and return at once: an asyncio future of its answer.
+
+        For many requests in flight without a task each: the requests leave in the order
+        submitted, and ``await future`` returns what `request` would have returned, or
+        raises what it would have raised. Call it from the client's loop. Cancelling the
+        future drops the answer. Nobody has to await it: without an answer it ends with
+        `RequestTimeout` on its own, ``timeout`` seconds after it was sent (give or take a
+        quarter of the hub's heartbeat).
+
+        Raises:
+            ClientNotReadyError: not connected or on hold (raised at once, nothing sent).
+            PayloadTooLarge: the request exceeds the size limit (nothing sent).
+            TypeError: an argument cannot be encoded (nothing sent).
+        """
+        waiter, listener = self._waiter()
+        call = self._core.submit(source, route, kwargs, listener, timeout)
+        core = self._core
+
+        def dropped(waiter: asyncio.Future[Any]) -> None:
+            if waiter.cancelled():
+                core.forget(call)  # the late answer is dropped quietly
+
+        waiter.add_done_callback(dropped)
+        return waiter
+
     async def inform(self, data: Any, destinations: str | list[str] | tuple[str, ...] | None = None) -> None:
         """Deliver ``data`` to the named clients, or to every other client; fire and forget.
 

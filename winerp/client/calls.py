@@ -76,9 +76,10 @@ class Call:
     only after taking it out of its `CallTable`, so one thread alone ever ends it, and the
     listener given at creation learns of it at once, on that thread. ``timeout`` is how
     long its caller waits; the facade waits that long, then asks the core to `expire` it.
+    A call nobody waits on (``submit``) has a ``deadline`` instead, kept by its `CallTable`.
     """
 
-    __slots__ = ("error", "id", "listener", "timeout", "value")
+    __slots__ = ("deadline", "error", "id", "listener", "timeout", "value")
 
     def __init__(self, request_id: int, listener: Callable[[Call], None], timeout: float) -> None:
         self.id = request_id
@@ -86,6 +87,8 @@ class Call:
         self.timeout = timeout
         self.value: Any = None
         self.error: BaseException | None = None
+        #: time.monotonic() by which the table ends it (a call nobody waits on), else None.
+        self.deadline: float | None = None
 
     def end(self, value: Any, error: BaseException | None) -> None:
         """Record the outcome and tell the listener. Called once, by the core."""
@@ -141,10 +144,14 @@ class CallTable:
     Thread-safe without a lock of its own: ``dict.pop`` and item assignment are atomic, so
     of the threads that race to end a call (the answer, the timeout, the drop) exactly one
     gets it.
+
+    A call with a ``deadline`` (its caller does not wait) is also kept among the
+    unattended ones, which `expire_due` ends once their deadline has passed.
     """
 
     def __init__(self) -> None:
         self._calls: dict[int, Call] = {}
+        self._unattended: dict[int, Call] = {}
 
     def __len__(self) -> int:
         return len(self._calls)
@@ -152,15 +159,27 @@ class CallTable:
     def add(self, call: Call) -> None:
         """Put ``call`` in flight."""
         self._calls[call.id] = call
+        if call.deadline is not None:
+            self._unattended[call.id] = call
 
     def take(self, request_id: int) -> Call | None:
         """Take the call of ``request_id`` out of the table, to end it; None if gone already."""
-        return self._calls.pop(request_id, None)
+        call = self._calls.pop(request_id, None)
+        if call is not None and call.deadline is not None:
+            self._unattended.pop(request_id, None)
+        return call
 
     def end(self, call: Call, value: Any, error: BaseException | None) -> None:
         """End ``call`` unless another thread has taken it already (or is ending it now)."""
-        if self._calls.pop(call.id, None) is not None:
+        if self.take(call.id) is not None:
             call.end(value, error)
+
+    def expire_due(self, now: float) -> None:
+        """End with `RequestTimeout` every unattended call whose deadline is ``now`` or before."""
+        if self._unattended:
+            for call in list(self._unattended.values()):  # a copy: other threads end calls meanwhile
+                if call.deadline is not None and call.deadline <= now:
+                    self.end(call, None, timed_out(call.timeout))
 
     def fail_all(self, error: errors.WinerpError) -> None:
         """End every call in flight with ``error`` (the connection dropped)."""
@@ -170,6 +189,7 @@ class CallTable:
                 _, call = calls.popitem()
             except KeyError:
                 break
+            self._unattended.pop(call.id, None)
             call.end(None, error)
 
 

@@ -117,6 +117,9 @@ class Owner(Protocol):
     def connection_closed(self, connection: Connection) -> None:
         """``connection`` is CLOSED (once, on the thread that closed it)."""
 
+    def tick(self, now: float) -> None:
+        """A tick of the connection's thread (every quarter heartbeat while it serves)."""
+
 
 class _HubClosed(Exception):
     """The hub closed the websocket (its close frame was read and answered)."""
@@ -263,6 +266,7 @@ class Connection:
         beat = self.protocol.heartbeat_due(now)
         if beat is not None:
             self.writer.send(beat)
+        self._owner.tick(now)
 
     def _unread(self) -> bool:
         return _readable(self.sock, 0, self.tls)

@@ -326,6 +326,25 @@ class ClientCore:
         request_id, frame = connection.protocol.request(destination, route, kwargs)
         return self._track(connection, Call(request_id, listener, timeout), frame)
 
+    def submit(
+        self,
+        destination: str,
+        route: str,
+        kwargs: dict[str, Any],
+        listener: Callable[[Call], None],
+        timeout: float = 60.0,
+    ) -> Call:
+        """`request` for a caller that does not wait: the call ends by itself after ``timeout``.
+
+        With `RequestTimeout`, at the connection thread's first tick after the deadline
+        (ticks come every quarter of the hub's heartbeat). Raises as `request` does.
+        """
+        connection = self._live()
+        request_id, frame = connection.protocol.request(destination, route, kwargs)
+        call = Call(request_id, listener, timeout)
+        call.deadline = time.monotonic() + timeout
+        return self._track(connection, call, frame)
+
     def ping(self, destination: str | None, listener: Callable[[Call], None], timeout: float) -> Call:
         """Ping the hub (``destination=None``) or a client; the call ends with True or False."""
         connection = self._live()
@@ -580,6 +599,10 @@ class ClientCore:
             closing = self._life is Life.CLOSED
         reason = "the client was closed" if closing else "the connection to the hub dropped"
         self._calls.fail_all(errors.ConnectionLost(reason))
+
+    def tick(self, now: float) -> None:
+        """The connection thread's tick: end the calls nobody waits on whose time is up."""
+        self._calls.expire_due(now)
 
     def _welcomed(self, connection: Connection, welcome: Welcome) -> None:
         first = not connection.welcomed

@@ -9,7 +9,7 @@ from typing import Any, Literal, overload
 
 from .. import errors
 from ..client.base import BaseClient, call_event, call_route, destinations_list
-from ..client.calls import Call
+from ..client.calls import Call, resolve
 
 __all__ = ["Client"]
 
@@ -113,6 +113,29 @@ class Client(BaseClient):
         ended = threading.Lock()
         ended.acquire()
         return self._wait(self._core.request(source, route, kwargs, lambda _: ended.release(), timeout), ended)
+
+    def submit(self, route: str, source: str, timeout: float = 60, **kwargs: Any) -> concurrent.futures.Future[Any]:
+        """Send a request and return at once: a `concurrent.futures.Future` of its answer.
+
+        For many requests in flight from one thread: ``future.result()`` returns what
+        `request` would have returned, or raises what it would have raised. The request is
+        on its way, so the future cannot be cancelled. Nobody has to wait on it: without an
+        answer it ends with `RequestTimeout` on its own, ``timeout`` seconds after it was
+        sent (give or take a quarter of the hub's heartbeat).
+
+        Raises:
+            ClientNotReadyError: not connected or on hold (raised at once, nothing sent).
+            PayloadTooLarge: the request exceeds the size limit (nothing sent).
+            TypeError: an argument cannot be encoded (nothing sent).
+        """
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        future.set_running_or_notify_cancel()  # on its way: cancel() is refused
+
+        def ended(call: Call) -> None:
+            resolve(future, call.value, call.error)
+
+        self._core.submit(source, route, kwargs, ended, timeout)
+        return future
 
     def inform(self, data: Any, destinations: str | list[str] | tuple[str, ...] | None = None) -> None:
         """Deliver ``data`` to the named clients, or to every other client; fire and forget.
