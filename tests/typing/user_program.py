@@ -11,6 +11,7 @@ against a real hub, so what it claims is true at run time too.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 from typing import Any
 
 import winerp
@@ -63,6 +64,8 @@ def blocking_part(port: int) -> None:
         routes: dict[str, list[str]] = caller.peers(routes=True)
         routes_again: dict[str, list[str]] = caller.peers(5, True)
         many: dict[str, Any] = caller.request_many("double", timeout=5, x=1)
+        submitted: concurrent.futures.Future[Any] = caller.submit("double", "typed-sync-server", x=2)
+        assert submitted.result(5) is not None
         missing: str = _failure(caller, "missing")
         remote: str = _failure(caller, "alias", boom=1)
         # Negative checks: these are type errors.
@@ -124,6 +127,8 @@ async def asyncio_part(port: int) -> None:
         names: list[str] = await caller.peers()
         routes: dict[str, list[str]] = await caller.peers(routes=True)
         many: dict[str, Any] = await caller.request_many("double", ["typed-aio-server"], x=2)
+        submitted: asyncio.Future[Any] = caller.submit("double", "typed-aio-server", x=3)
+        assert await submitted is not None
         on_hold: bool = caller.on_hold
         authorized: bool = caller.authorized
         try:
