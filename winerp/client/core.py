@@ -137,6 +137,8 @@ class ClientCore:
         self._life_changed = threading.Condition(self._lock)
         self._life = Life.NEW
         self._calls = CallTable()
+        # The requests being served now (their `finish`); set.add and discard are atomic.
+        self._serving: set[Callable[[Any, BaseException | None], None]] = set()
         self._connection: Connection | None = None
         self._ready_waiters: list[concurrent.futures.Future[None]] = []
         self._thread: threading.Thread | None = None
@@ -277,6 +279,7 @@ class ClientCore:
         self._connection = None
         self._ready_waiters = []
         self._calls = CallTable()
+        self._serving = set()
 
     # routes and events
 
@@ -678,8 +681,10 @@ class ClientCore:
         caller = request.peer  # on a request coming in, the frame's peer is its caller
         if "on_winerp_request" in self.events:
             self.emit("on_winerp_request", caller, request.route)
+        serving = self._serving
 
         def finish(value: Any, error: BaseException | None) -> None:
+            serving.discard(finish)
             if self._connection is not connection or connection.state is ConnectionState.CLOSED:
                 return  # the caller's request already failed with the connection
             if error is None:
@@ -688,8 +693,10 @@ class ClientCore:
                 text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
                 frame = connection.protocol.fail(request, error, text)
                 self.emit("on_winerp_error", error)
-            connection.writer.send_soon(frame)
+            # With other requests being served, their answers may leave with this one.
+            connection.writer.send_soon(frame, crowded=bool(serving))
 
+        serving.add(finish)
         self._hooks.run_route(handler, caller, kwargs, finish)
 
 
