@@ -182,7 +182,7 @@ class Client(BaseClient):
             TypeError: an argument cannot be encoded (nothing sent).
         """
         waiter, listener = self._waiter()
-        call = self._core.submit(source, route, kwargs, listener, timeout)
+        call = self._core.request(source, route, kwargs, listener, timeout, unattended=True)
         core = self._core
 
         def dropped(waiter: asyncio.Future[Any]) -> None:

@@ -313,12 +313,16 @@ class ClientCore:
         kwargs: dict[str, Any],
         listener: Callable[[Call], None],
         timeout: float = 60.0,
+        *,
+        unattended: bool = False,
     ) -> Call:
         """Send a request; ``listener(call)`` runs once it ends, with the answer or the error.
 
         The listener may run on any thread, before this returns too (a connection that
         dropped meanwhile); it must not block. ``timeout`` is how long the caller waits
-        (see `expire`).
+        (see `expire`). ``unattended``: nobody waits (``submit``), so the call ends by
+        itself with `RequestTimeout` at the connection thread's first tick after
+        ``timeout`` (ticks come every quarter of the hub's heartbeat).
 
         Raises:
             ClientNotReadyError: not connected, not registered, or on hold.
@@ -327,25 +331,9 @@ class ClientCore:
         """
         connection = self._live()
         request_id, frame = connection.protocol.request(destination, route, kwargs)
-        return self._track(connection, Call(request_id, listener, timeout), frame)
-
-    def submit(
-        self,
-        destination: str,
-        route: str,
-        kwargs: dict[str, Any],
-        listener: Callable[[Call], None],
-        timeout: float = 60.0,
-    ) -> Call:
-        """`request` for a caller that does not wait: the call ends by itself after ``timeout``.
-
-        With `RequestTimeout`, at the connection thread's first tick after the deadline
-        (ticks come every quarter of the hub's heartbeat). Raises as `request` does.
-        """
-        connection = self._live()
-        request_id, frame = connection.protocol.request(destination, route, kwargs)
         call = Call(request_id, listener, timeout)
-        call.deadline = time.monotonic() + timeout
+        if unattended:
+            call.deadline = time.monotonic() + timeout
         return self._track(connection, call, frame)
 
     def ping(self, destination: str | None, listener: Callable[[Call], None], timeout: float) -> Call:

@@ -134,7 +134,7 @@ class Client(BaseClient):
         def ended(call: Call) -> None:
             resolve(future, call.value, call.error)
 
-        self._core.submit(source, route, kwargs, ended, timeout)
+        self._core.request(source, route, kwargs, ended, timeout, unattended=True)
         return future
 
     def inform(self, data: Any, destinations: str | list[str] | tuple[str, ...] | None = None) -> None:
