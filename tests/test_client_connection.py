@@ -354,3 +354,52 @@ def test_a_client_closed_while_it_connects_does_not_register_afterwards(hub: win
         assert len(outcome) == 1 and isinstance(outcome[0], winerp.ClientNotReadyError)
     finally:
         proxy.close()
+
+
+# --- the writer --------------------------------------------------------------------------------
+
+
+def test_every_frame_sent_from_many_threads_leaves_without_a_later_write() -> None:
+    """No frame waits in the writer's queue for a write that nobody will make.
+
+    Threads send at once, some frames straight away and some through the flusher thread
+    (``crowded``), in many short rounds; after each round every frame must reach the other
+    end with no further sends (a stuck frame would wait for the next heartbeat).
+    """
+    from winerp.client.writer import Writer
+
+    ours, theirs = socket.socketpair()
+    failures: list[str] = []
+    writer = Writer(
+        ours, "test", on_failure=lambda: failures.append("write failed"), on_bug=lambda exc: failures.append(repr(exc))
+    )
+    reader = FrameReader(masked=True, max_size=1 << 20)
+    theirs.settimeout(2)
+    try:
+        for round_number in range(300):
+            threads = [
+                threading.Thread(target=_send_some, args=(writer, f"{round_number}-{slot}".encode(), slot % 2 == 0))
+                for slot in range(4)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            expected, got = 4 * 5, 0
+            while got < expected:
+                try:
+                    data = theirs.recv(1 << 16)
+                except TimeoutError:
+                    pytest.fail(f"round {round_number}: {expected - got} frame(s) left in the queue, unwritten")
+                got += len(reader.feed(data))
+        assert not failures
+    finally:
+        writer.stop()
+        writer.join()
+        ours.close()
+        theirs.close()
+
+
+def _send_some(writer: Any, tag: bytes, crowded: bool) -> None:
+    for number in range(5):
+        writer.send_soon(tag + b"-%d" % number, crowded=crowded)

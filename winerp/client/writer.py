@@ -245,23 +245,33 @@ class Writer:
     # writing
 
     def _drain(self, wait: bool) -> None:
-        """Write what is queued, unless another thread is writing (which then does)."""
+        """Write what is queued, unless another thread is writing (which then does).
+
+        The rule that keeps a frame from waiting for a write nobody makes: whoever holds
+        the lock looks at the queue again after releasing it, since a thread that found the
+        lock taken queued its frame and left it to the holder.
+        """
         queue = self.queue
         lock = self.lock
-        while queue:
-            if not lock.acquire(blocking=wait or len(queue) > _MAX_QUEUED_FRAMES):
-                return  # the writing thread re-checks the queue after releasing the lock
-            try:
-                # Only the lock holder takes from the queue, but the writer before it may
-                # have emptied the queue between the check above and the acquire.
-                if queue and not self._write(b"".join([queue.popleft() for _ in range(len(queue))])):
-                    return
-            finally:
-                lock.release()
-        if wait:
+        while True:
+            while queue:
+                if not lock.acquire(blocking=wait or len(queue) > _MAX_QUEUED_FRAMES):
+                    return  # the holder looks at the queue again after releasing the lock
+                try:
+                    # Only the lock holder takes from the queue, but the writer before it may
+                    # have emptied the queue between the check above and the acquire.
+                    if queue and not self._write(b"".join([queue.popleft() for _ in range(len(queue))])):
+                        return
+                finally:
+                    lock.release()
+            if not wait:
+                return
             # Another thread took the frame from the queue: wait until its write is over.
+            # Holding the lock for that counts as holding it: look at the queue again.
             with lock:
                 pass
+            if not queue:
+                return
 
     def _write(self, data: bytes) -> bool:
         """Write ``data`` (hold the lock); on failure tell the connection and return False."""
