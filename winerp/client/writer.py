@@ -12,13 +12,16 @@ leaves at once.
   turn of the loop sends are written 16 at a time and the rest when the turn ends; the
   answers coroutine routes give while the loop handles several messages just read leave
   the same way, the rest after the last message (`gather` / `write_gathered`).
-* A burst of informs from one thread: the frames are queued for the flusher thread
-  (``winerp-writer-<name>``, started by the first burst), which writes what is queued each
-  time it wakes.
+* Elsewhere, a request sent while other calls are in flight, an answer given while other
+  requests are being served, and a burst of informs are queued for the flusher thread
+  (``winerp-writer-<name>``, started by the first of them), which writes what is queued
+  each time it wakes.
 
 Lock: `Writer.lock`, the right to write the socket (second in the client's lock order, see
-`winerp.client.connection`). A failed write tells the connection (``on_failure``), which
-closes; a bug in the flusher thread is reported to it (``on_bug``), which closes with 1011.
+`winerp.client.connection`). Whoever holds it looks at the queue again after releasing it:
+a thread that found it taken left its frame there. A failed write tells the connection
+(``on_failure``), which closes; a bug in the flusher thread is reported to it (``on_bug``),
+which closes with 1011.
 """
 
 from __future__ import annotations
