@@ -11,7 +11,9 @@ aio in turn, all on one port. Every worker runs ``--concurrency`` callers (threa
 tasks) that call the other workers' routes in a loop: ``echo`` (answers its key), ``slow``
 (answers after a pause, sometimes longer than the caller's timeout, so late replies arrive
 after a `RequestTimeout`) and ``boom`` (raises, so `ClientRuntimeError`). Each request carries
-a key that is unique over the whole run.
+a key that is unique over the whole run. Half the callers use ``submit`` and wait on its
+future with no bound of their own, so a future that never ended would show as a request
+left open.
 
 Chaos: every ``--chaos-interval`` seconds (jittered) one of: SIGKILL the hub and restart it
 on the same port (at once or after up to 4 s), SIGTERM the hub and restart it, SIGKILL a
@@ -263,7 +265,10 @@ def _sync_worker(args: argparse.Namespace, ledger: Ledger, others: list[str], st
             target, route, kwargs, timeout = plan(rng, others)
             key = ledger.begin(timeout)
             try:
-                value = client.request(route, target, timeout=timeout, key=key, **kwargs)
+                if number % 2:  # submit, and a wait with no bound of its own: the future ends by itself
+                    value = client.submit(route, target, timeout=timeout, key=key, **kwargs).result()
+                else:
+                    value = client.request(route, target, timeout=timeout, key=key, **kwargs)
             except errors.ClientNotReadyError:
                 ledger.end(key, REFUSED)
                 stopping.wait(0.05)
@@ -328,7 +333,10 @@ async def _aio_worker(args: argparse.Namespace, ledger: Ledger, others: list[str
             target, route, kwargs, timeout = plan(rng, others)
             key = ledger.begin(timeout)
             try:
-                value = await client.request(route, target, timeout=timeout, key=key, **kwargs)
+                if number % 2:  # submit: the future ends by itself
+                    value = await client.submit(route, target, timeout=timeout, key=key, **kwargs)
+                else:
+                    value = await client.request(route, target, timeout=timeout, key=key, **kwargs)
             except errors.ClientNotReadyError:
                 ledger.end(key, REFUSED)
                 await asyncio.sleep(0.05)
