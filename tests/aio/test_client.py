@@ -161,6 +161,19 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+async def _stuck_server(clients: Clients) -> tuple[Client, Gate]:
+    """Client ``b``, started, whose route ``stuck`` waits until the returned gate opens."""
+    gate = Gate()
+    server = await clients("b", start=False)
+
+    @server.route
+    async def stuck(source: str) -> None:
+        await gate.wait()
+
+    await server.start(timeout=5)
+    return server, gate
+
+
 async def _raises(kind: type[BaseException] | tuple[type[BaseException], ...], call: Awaitable[Any]) -> BaseException:
     with pytest.raises(kind) as caught:
         await call
@@ -808,14 +821,7 @@ async def test_not_ready_while_on_hold(clients: Clients) -> None:
 
 @aio
 async def test_request_timeout_is_a_timeout_error(clients: Clients) -> None:
-    gate = Gate()
-    server = await clients("b", start=False)
-
-    @server.route
-    async def stuck(source: str) -> None:
-        await gate.wait()
-
-    await server.start(timeout=5)
+    _, gate = await _stuck_server(clients)
     caller = await clients("a")
     try:
         started = time.monotonic()
@@ -874,14 +880,7 @@ async def test_submit_errors_arrive_in_the_future(clients: Clients) -> None:
 
 @aio
 async def test_submit_times_out_by_itself_when_nobody_waits(clients: Clients) -> None:
-    gate = Gate()
-    server = await clients("b", start=False)
-
-    @server.route
-    async def stuck(source: str) -> None:
-        await gate.wait()
-
-    await server.start(timeout=5)
+    _, gate = await _stuck_server(clients)
     caller = await clients("a")
     started = time.monotonic()
     future = caller.submit("stuck", "b", timeout=0.3)
@@ -1236,14 +1235,7 @@ async def test_wait_until_ready(clients: Clients) -> None:
 
 @aio
 async def test_close_fails_in_flight_requests_with_connection_lost(clients: Clients) -> None:
-    gate = Gate()
-    server = await clients("b", start=False)
-
-    @server.route
-    async def stuck(source: str) -> None:
-        await gate.wait()
-
-    await server.start(timeout=5)
+    _, gate = await _stuck_server(clients)
     caller = await clients("a")
     call = asyncio.create_task(caller.request("stuck", "b", timeout=30))
     try:
@@ -1259,14 +1251,7 @@ async def test_close_fails_in_flight_requests_with_connection_lost(clients: Clie
 
 @aio
 async def test_peer_disconnected_when_the_destination_leaves(clients: Clients) -> None:
-    gate = Gate()
-    server = await clients("b", start=False)
-
-    @server.route
-    async def stuck(source: str) -> None:
-        await gate.wait()
-
-    await server.start(timeout=5)
+    server, gate = await _stuck_server(clients)
     caller = await clients("a")
     call = asyncio.create_task(caller.request("stuck", "b", timeout=30))
     try:

@@ -108,6 +108,19 @@ def _echo(source: str, **kwargs: Any) -> Any:
     return {"source": source, "kwargs": kwargs}
 
 
+def _stuck_server(clients: Any) -> tuple[Client, Gate]:
+    """Client ``b``, started, whose route ``stuck`` blocks until the returned gate opens."""
+    gate = Gate()
+    server = clients("b", start=False)
+
+    @server.route
+    def stuck(source: str) -> None:
+        gate.wait()
+
+    server.start(timeout=5)
+    return server, gate
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -740,14 +753,7 @@ def test_not_ready_while_on_hold(clients: Any) -> None:
 
 
 def test_request_timeout_is_a_timeout_error(clients: Any) -> None:
-    gate = Gate()
-    server = clients("b", start=False)
-
-    @server.route
-    def stuck(source: str) -> None:
-        gate.wait()
-
-    server.start(timeout=5)
+    _, gate = _stuck_server(clients)
     caller = clients("a")
     try:
         started = time.monotonic()
@@ -801,14 +807,7 @@ def test_submit_errors_arrive_in_the_future(clients: Any) -> None:
 
 
 def test_submit_times_out_by_itself_when_nobody_waits(clients: Any) -> None:
-    gate = Gate()
-    server = clients("b", start=False)
-
-    @server.route
-    def stuck(source: str) -> None:
-        gate.wait()
-
-    server.start(timeout=5)
+    _, gate = _stuck_server(clients)
     caller = clients("a")
     started = time.monotonic()
     future = caller.submit("stuck", "b", timeout=0.3)
@@ -1148,14 +1147,7 @@ def test_wait_until_ready(clients: Any) -> None:
 
 
 def test_close_fails_in_flight_requests_with_connection_lost(clients: Any) -> None:
-    gate = Gate()
-    server = clients("b", start=False)
-
-    @server.route
-    def stuck(source: str) -> None:
-        gate.wait()
-
-    server.start(timeout=5)
+    _, gate = _stuck_server(clients)
     caller = clients("a")
     outcome = Recorder()
 
@@ -1181,14 +1173,7 @@ def test_close_fails_in_flight_requests_with_connection_lost(clients: Any) -> No
 
 
 def test_peer_disconnected_when_the_destination_leaves(clients: Any) -> None:
-    gate = Gate()
-    server = clients("b", start=False)
-
-    @server.route
-    def stuck(source: str) -> None:
-        gate.wait()
-
-    server.start(timeout=5)
+    server, gate = _stuck_server(clients)
     caller = clients("a")
     outcome = Recorder()
 
