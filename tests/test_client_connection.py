@@ -21,9 +21,18 @@ from winerp.client.calls import Deadline
 from winerp.client.connection import NOT_REGISTERED, Connection, ConnectionState
 from winerp.client.seat import ReaderSeat, SeatState
 from winerp.protocol.client import ClientProtocol
-from winerp.protocol.frames import Frame, Pong, Welcome, encode_frame
+from winerp.protocol.frames import HUB, Frame, Pong, Welcome, batch_header, decode_message, encode_frame
 from winerp.wire.close import CloseCode
-from winerp.wire.websocket import OP_BINARY, OP_CLOSE, OP_TEXT, FrameReader, close_payload, parse_close, server_frame
+from winerp.wire.websocket import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_PING,
+    OP_TEXT,
+    FrameReader,
+    close_payload,
+    parse_close,
+    server_frame,
+)
 
 try:
     from conftest import wait_for
@@ -203,6 +212,61 @@ def test_frames_read_are_handed_to_the_owner(pair: tuple[Connection, HubEnd, Own
     while len(owner.frames) < 2 and time.monotonic() < deadline:
         connection.read_available()
     assert owner.frames == [Pong(7, "hub"), Pong(8, "hub")]
+
+
+def test_a_batch_read_is_handed_to_the_owner_frame_by_frame(pair: tuple[Connection, HubEnd, Owner]) -> None:
+    connection, hub, owner = pair
+    pongs = [Pong(i, HUB) for i in range(20)]
+    hub.send(OP_BINARY, batch_header(20) + b"".join(encode_frame(pong) for pong in pongs))
+    deadline = time.monotonic() + PROMPT
+    while len(owner.frames) < 20 and time.monotonic() < deadline:
+        connection.read_available()
+    assert owner.frames == pongs
+
+
+def _welcomed(connection: Connection, welcome: Welcome) -> None:
+    """Take ``welcome`` as the core does: the protocol reads it, then the connection."""
+    connection.hello_sent()
+    connection.protocol.receive(encode_frame(welcome), time.monotonic())
+    assert connection.welcome(welcome)
+
+
+def _queued_together(connection: Connection, messages: list[tuple[int, bytes]]) -> None:
+    """Send ``messages`` while the writer is busy, so that they leave in one write."""
+    writer = connection.writer
+    with writer.lock:  # the flusher thread, woken by the first, waits here for the rest
+        for opcode, payload in messages:
+            if opcode == OP_BINARY:
+                writer.send_soon(payload, crowded=True)
+            else:
+                writer.send(payload, opcode)  # the lock is taken: queued behind the others
+
+
+def test_frames_sent_together_leave_as_batches_within_the_hubs_limit(
+    pair: tuple[Connection, HubEnd, Owner],
+) -> None:
+    connection, hub, _ = pair
+    _welcomed(connection, Welcome("c", False, 1.0, 100, batches=True))
+    pongs = [Pong(i, HUB) for i in range(5)] + [Pong(5, "x" * 80), Pong(6, HUB), Pong(7, HUB)]
+    sent = [(OP_BINARY, encode_frame(pong)) for pong in pongs]
+    _queued_together(connection, [*sent[:7], (OP_PING, b"p"), sent[7]])
+    # At most 100 bytes a message: pongs 0-4 (4 bytes each) together; the long pong 5 does not
+    # fit with them, 6 does with it; a control frame is never in a batch; 7 is alone.
+    got = [hub.receive() for _ in range(4)]
+    assert [opcode for opcode, _ in got] == [OP_BINARY, OP_BINARY, OP_PING, OP_BINARY]
+    assert [decode_message(got[i][1]) for i in (0, 1, 3)] == [pongs[:5], pongs[5:7], pongs[7:]]
+    assert got[3][1] == sent[7][1]  # one frame: a message of its own, not a batch of one
+    assert all(len(payload) <= 100 for _, payload in got)
+
+
+def test_a_hub_that_does_not_read_batches_gets_one_frame_per_message(
+    pair: tuple[Connection, HubEnd, Owner],
+) -> None:
+    connection, hub, _ = pair
+    _welcomed(connection, Welcome("c", False, 1.0, 1 << 20))  # a hub from before batches
+    pongs = [encode_frame(Pong(i, HUB)) for i in range(5)]
+    _queued_together(connection, [(OP_BINARY, pong) for pong in pongs])
+    assert [hub.receive() for _ in range(5)] == [(OP_BINARY, pong) for pong in pongs]
 
 
 def test_the_hubs_close_frame_is_answered_then_the_connection_closes(

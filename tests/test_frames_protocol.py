@@ -42,7 +42,9 @@ from winerp.protocol.frames import (
     Request,
     Response,
     Welcome,
+    batch_header,
     decode_frame,
+    decode_message,
     decode_value,
     encode_frame,
     encode_value,
@@ -377,7 +379,7 @@ class Wire:
         for session, message in out:
             client = session.transport
             assert isinstance(message, bytes)
-            self.inbox[id(client)].append(client.receive(message, self.now))
+            self.inbox[id(client)].extend(client.receive(message, self.now))
 
     def take(self, client: ClientProtocol) -> list[Frame]:
         frames, self.inbox[id(client)] = self.inbox[id(client)], []
@@ -789,6 +791,78 @@ def test_counters_count_messages_and_bytes() -> None:
     assert a_session.counters.bytes_in >= len(frame)
     assert wire.router.counters.messages_routed == routed + 1
     assert wire.router.status()["messages_routed"] == routed + 1
+
+
+# --- batches: several frames in one message ------------------------------------------------
+
+
+def _batch(*frames: Frame) -> bytes:
+    return batch_header(len(frames)) + b"".join(encode_frame(frame) for frame in frames)
+
+
+@pytest.mark.parametrize("count", [2, 15, 16, 300])  # msgpack's short and 16-bit array headers
+def test_a_batch_carries_its_frames_in_order(count: int) -> None:
+    frames = [FRAMES[i % len(FRAMES)] for i in range(count)]
+    assert decode_message(_batch(*frames)) == frames
+    for frame in FRAMES:  # a message of one frame is not a batch
+        assert decode_message(encode_frame(frame)) == [frame]
+
+
+def test_hello_says_the_client_reads_batches_and_welcome_says_the_hub_does() -> None:
+    wire = Wire()
+    a, a_session = wire.connect("a")
+    assert a_session.batches
+    assert wire.take_one(a, Welcome).batches
+    hello = decode_frame(ClientProtocol("b", LIMIT, 0.0).hello([]))
+    assert isinstance(hello, Hello) and hello.batches
+    # A client from before batches sends a Hello without the field: it gets none.
+    old = wire.router.open(NativeCodec(), None, 0.0)
+    wire.router.receive(old, msgspec.msgpack.encode([1, "old", [], 1, True]))
+    assert old.state is SessionState.READY and not old.batches
+
+
+def test_the_router_routes_every_frame_of_a_batch_in_order() -> None:
+    wire = Wire()
+    a, a_session = wire.connect("a")
+    b, _ = wire.connect("b", ("r",))
+    wire.take(a), wire.take(b)
+    request_id, request = a.request("b", "r", {"n": 1})
+    informs = [a.inform(i, ["b"]) for i in range(3)]
+    wire.send(a_session, batch_header(5) + b"".join([informs[0], request, informs[1], a.ping(HUB)[1], informs[2]]))
+    got = wire.take(b)
+    assert [type(frame) for frame in got] == [Information, Request, Information, Information]
+    assert [decode_value(frame.data) for frame in got if isinstance(frame, Information)] == [0, 1, 2]
+    assert got[1].id == request_id
+    assert isinstance(wire.take_one(a, Pong), Pong)
+
+
+def test_a_client_reads_a_batch_as_its_frames_and_takes_the_welcome_in_it() -> None:
+    client = ClientProtocol("a", LIMIT, 0.0)
+    client.hello([])
+    welcome = Welcome("a", False, 0.25, 1000, [], batches=True)
+    information = Information("b", msgspec.Raw(encode_value(1)))
+    assert client.receive(_batch(welcome, information), 0.0) == [welcome, information]
+    assert (client.state, client.heartbeat, client.max_message_size) == (ClientState.READY, 0.25, 1000)
+
+
+def test_bad_batches_are_protocol_errors() -> None:
+    wire = Wire()
+    _a, a_session = wire.connect("a")
+    inform = encode_frame(Inform([], EMPTY_ARGS))
+    bad = {
+        "an item that is not a frame": batch_header(2) + inform + msgspec.msgpack.encode(5),
+        "a batch in a batch": batch_header(2) + inform + _batch(Inform([], EMPTY_ARGS), Inform([], EMPTY_ARGS)),
+        "a frame a hub sends": _batch(Inform([], EMPTY_ARGS), Welcome("a", False, 1.0, LIMIT)),
+        "fewer frames than its header says": batch_header(3) + inform + inform,
+        "an empty batch": batch_header(0),
+    }
+    for what, message in bad.items():
+        with pytest.raises(errors.ProtocolError):
+            wire.router.receive(a_session, message)
+            pytest.fail(what)
+    client = ClientProtocol("a", LIMIT, 0.0)
+    with pytest.raises(errors.ProtocolError):
+        client.receive(_batch(Information("b", EMPTY_ARGS), Hello("x", [])), 0.0)
 
 
 def test_garbage_is_a_protocol_error() -> None:

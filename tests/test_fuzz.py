@@ -10,6 +10,7 @@ routes requests between well-behaved clients.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import socket
 from collections.abc import Iterator
@@ -42,6 +43,7 @@ from winerp.protocol.frames import (
     Request,
     Response,
     Welcome,
+    batch_header,
     decode_frame,
     decode_value,
     encode_frame,
@@ -91,8 +93,10 @@ raw_values = st.builds(lambda v: msgspec.Raw(msgspec.msgpack.encode(v)), values)
 def _frame_strategy() -> st.SearchStrategy[Frame]:
     name_lists = st.lists(names, max_size=3)
     return st.one_of(
-        st.builds(Hello, names, st.lists(routes, max_size=3), st.integers(-2, 3), st.booleans()),
-        st.builds(Welcome, names, st.booleans(), st.floats(allow_nan=False), st.integers(0, 2**40), name_lists),
+        st.builds(Hello, names, st.lists(routes, max_size=3), st.integers(-2, 3), st.booleans(), st.booleans()),
+        st.builds(
+            Welcome, names, st.booleans(), st.floats(allow_nan=False), st.integers(0, 2**40), name_lists, st.booleans()
+        ),
         st.builds(AddRoutes, st.lists(routes, max_size=3)),
         st.builds(Request, ids, names, routes, raw_values),
         st.builds(Response, ids, names, raw_values),
@@ -124,7 +128,12 @@ plausible = st.one_of(
     st.builds(Inform, st.lists(peers, max_size=2), raw_values),
     st.builds(AddRoutes, st.lists(routes, max_size=2)),
 )
+# Several frames in one message, as a client that reads batches gets them (any of them may be bad).
+batches = st.lists(plausible.map(encode_frame) | frames_.map(encode_frame) | frame_shaped, min_size=2, max_size=4).map(
+    lambda frames: batch_header(len(frames)) + b"".join(frames)
+)
 native_messages = st.one_of(
+    batches,
     plausible.map(encode_frame),
     plausible.map(encode_frame),
     plausible.map(encode_frame),
@@ -195,17 +204,17 @@ def test_decode_frame_random_bytes(data: bytes) -> None:
 @FUZZ
 @given(native_messages)
 def test_client_protocol_receive(message: bytes | str) -> None:
-    """Whatever a hub (or a man in the middle) sends, the client sees a frame or a ProtocolError."""
+    """Whatever a hub (or a man in the middle) sends, the client sees frames or a ProtocolError."""
     protocol = ClientProtocol("a", 1 << 20, now=0.0)
     protocol.hello(["r"])
     if not isinstance(message, bytes):
         message = message.encode()
     try:
-        frame = protocol.receive(message, now=1.0)
+        frames = protocol.receive(message, now=1.0)
     except errors.ProtocolError:
         return
     # Payloads carried as Raw are decoded by the core; a bad one is a ProtocolError too.
-    for field in ("result", "data"):
+    for frame, field in itertools.product(frames, ("result", "data")):
         raw = getattr(frame, field, None)
         if isinstance(raw, msgspec.Raw):
             try:

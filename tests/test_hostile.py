@@ -25,7 +25,16 @@ import websocket
 
 import winerp
 from winerp import errors
-from winerp.protocol.frames import Hello, Inform, Request, Response, decode_frame, encode_frame, encode_value
+from winerp.protocol.frames import (
+    Hello,
+    Inform,
+    Request,
+    Response,
+    batch_header,
+    decode_frame,
+    encode_frame,
+    encode_value,
+)
 from winerp.sync import Client
 from winerp.wire.handshake import MAX_REQUEST_BYTES
 
@@ -250,6 +259,7 @@ def test_random_binary_messages_after_the_handshake(hub: winerp.Hub) -> None:
 
 def test_protocol_violations_after_the_handshake(hub: winerp.Hub) -> None:
     """Frames the protocol does not allow close that one connection with 1002 and a reason."""
+    inform = encode_frame(Inform([], msgspec.Raw(encode_value(1))))
     violations = {
         "a text message on a native connection": ("text", "hello"),
         "a request before Hello": ("frame", Request(1, "x", "r", msgspec.Raw(encode_value({})))),
@@ -263,12 +273,16 @@ def test_protocol_violations_after_the_handshake(hub: winerp.Hub) -> None:
         "a frame with a wrong field type": ("bytes", msgspec.msgpack.encode([4, "one", "x", "r", {}])),
         "an unknown frame tag": ("bytes", msgspec.msgpack.encode([99, 1, 2])),
         "a msgpack map, not a frame": ("bytes", msgspec.msgpack.encode({"type": 2})),
+        "a batch with an item that is not a frame": ("bytes-registered", batch_header(2) + inform + b"\x05"),
+        "a batch in a batch": ("bytes-registered", batch_header(2) + inform + batch_header(2) + inform + inform),
+        "a batch shorter than it says": ("bytes-registered", batch_header(3) + inform + inform),
     }
     for what, (kind, payload) in violations.items():
-        ws = _registered(hub.port, "violator") if kind in ("hello-twice", "frame-registered") else raw_ws(hub.port)
+        registered = kind in ("hello-twice", "frame-registered", "bytes-registered")
+        ws = _registered(hub.port, "violator") if registered else raw_ws(hub.port)
         if kind == "text":
             ws.send(payload)
-        elif kind == "bytes":
+        elif kind.startswith("bytes"):
             ws.send_binary(payload)
         else:
             ws.send_binary(encode_frame(payload))

@@ -42,7 +42,7 @@ import websocket
 
 from .. import errors
 from ..protocol.client import ClientProtocol
-from ..protocol.frames import Frame, Welcome
+from ..protocol.frames import BATCH_BYTES, Frame, Welcome
 from ..wire.close import CloseCode
 from ..wire.websocket import (
     OP_BINARY,
@@ -175,6 +175,8 @@ class Connection:
     def welcome(self, welcome: Welcome) -> bool:
         """The hub's Welcome: READY, or HELD when on hold. False if the connection is ending."""
         self.reader.max_size = max(self.reader.max_size, receive_limit(welcome.max_message_size))
+        # A hub that reads batches gets small frames sent together as one, within its limit.
+        self.writer.batch_limit = min(self.protocol.max_message_size, BATCH_BYTES) if welcome.batches else 0
         new = ConnectionState.HELD if welcome.on_hold else ConnectionState.READY
         moved = self._move(new, ConnectionState.REGISTERING, ConnectionState.HELD, ConnectionState.READY)
         self.welcomed = self.welcomed or moved
@@ -352,12 +354,18 @@ class Connection:
         gathering = self.writer.gather(len(messages))
         try:
             for opcode, payload in messages:
-                if self.state is ConnectionState.CLOSED:
-                    return  # closed meanwhile (close(), a failed write): ignore the rest
-                if opcode == OP_BINARY:
-                    deliver(self, receive(payload, now))
-                else:
+                if opcode != OP_BINARY:
+                    if self.state is ConnectionState.CLOSED:
+                        return
                     self._control(opcode, payload)
+                    continue
+                frames = receive(payload, now)
+                if len(frames) > 1 and not gathering:
+                    gathering = self.writer.gather(len(frames))  # a batch: as if read apart
+                for frame in frames:
+                    if self.state is ConnectionState.CLOSED:
+                        return  # closed meanwhile (close(), a failed write): ignore the rest
+                    deliver(self, frame)
         finally:
             if gathering:
                 self.writer.write_gathered()

@@ -34,6 +34,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from ..protocol.frames import batch_header
 from ..wire.websocket import OP_BINARY, OP_CLOSE, client_frame
 from .events import LoopTurns
 
@@ -74,8 +75,11 @@ class Writer:
         self.name = name
         self._on_failure = on_failure
         self._on_bug = on_bug
-        # Whole websocket frames (already masked) waiting for the writer.
-        self.queue: collections.deque[bytes] = collections.deque()
+        # Messages waiting for the writer, as (opcode, payload): framed when written.
+        self.queue: collections.deque[tuple[int, bytes]] = collections.deque()
+        #: Non-zero once the hub said it reads batches: binary messages written together
+        #: then leave as batches of up to this many bytes (see `winerp.protocol.frames`).
+        self.batch_limit = 0
         self.lock = threading.Lock()
         self._last_write = 0.0  # time.monotonic() of the last write
         # The flusher thread (started by the first burst) and its wake-ups; None ends it.
@@ -113,7 +117,7 @@ class Writer:
                 return
             # Frames queued meanwhile by threads that found the lock taken: send them below.
         else:
-            queue.append(client_frame(opcode, payload))
+            queue.append((opcode, payload))
         self._drain(wait)
 
     def send_soon(self, payload: bytes, *, fire_and_forget: bool = False, crowded: bool = False) -> None:
@@ -144,7 +148,7 @@ class Writer:
         ):
             self.send(payload)
             return
-        queue.append(client_frame(OP_BINARY, payload))
+        queue.append((OP_BINARY, payload))
         if len(queue) > _MAX_QUEUED_FRAMES or (on_loop and len(queue) >= _LOOP_BATCH):
             # Enough for one write (on the loop), or far ahead of the flusher: this sender
             # writes, or waits for the writer.
@@ -166,8 +170,8 @@ class Writer:
         """
         with self.lock:
             queue = self.queue
-            parts = [queue.popleft() for _ in range(len(queue))]
-            if self._write(b"".join([*parts, client_frame(OP_CLOSE, close)])):
+            queue.append((OP_CLOSE, close))
+            if self._write(self._framed([queue.popleft() for _ in range(len(queue))])):
                 try:
                     self.sock.shutdown(socket.SHUT_WR)
                 except OSError:
@@ -263,7 +267,7 @@ class Writer:
                 try:
                     # Only the lock holder takes from the queue, but the writer before it may
                     # have emptied the queue between the check above and the acquire.
-                    if queue and not self._write(b"".join([queue.popleft() for _ in range(len(queue))])):
+                    if queue and not self._write(self._framed([queue.popleft() for _ in range(len(queue))])):
                         return
                 finally:
                     lock.release()
@@ -276,6 +280,25 @@ class Writer:
             if not queue:
                 return
 
+    def _framed(self, messages: list[tuple[int, bytes]]) -> bytes:
+        """The websocket frames of ``messages``, in order; binary ones batched if the hub reads batches."""
+        limit = self.batch_limit - 3  # room for the batch's own header
+        parts: list[bytes] = []
+        batch: list[bytes] = []
+        size = 0
+        for opcode, payload in messages:
+            if batch and (opcode != OP_BINARY or size + len(payload) > limit):
+                parts.append(_batch_frame(batch))
+                batch, size = [], 0
+            if opcode == OP_BINARY and limit > 0:
+                batch.append(payload)
+                size += len(payload)
+            else:
+                parts.append(client_frame(opcode, payload))
+        if batch:
+            parts.append(_batch_frame(batch))
+        return b"".join(parts)
+
     def _write(self, data: bytes) -> bool:
         """Write ``data`` (hold the lock); on failure tell the connection and return False."""
         try:
@@ -287,3 +310,10 @@ class Writer:
             self._on_failure()
             return False
         return True
+
+
+def _batch_frame(payloads: list[bytes]) -> bytes:
+    """One masked frame carrying ``payloads``: the message itself if alone, else their batch."""
+    if len(payloads) == 1:
+        return client_frame(OP_BINARY, payloads[0])
+    return client_frame(OP_BINARY, batch_header(len(payloads)) + b"".join(payloads))

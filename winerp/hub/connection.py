@@ -30,6 +30,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..protocol.codec import Message
+from ..protocol.frames import batch_header
 from ..wire.close import CloseCode
 from ..wire.websocket import OP_BINARY, OP_CLOSE, OP_TEXT, close_payload, parse_close, server_frame, server_header
 
@@ -198,6 +199,9 @@ class HubConnection:
 
     __slots__ = (
         "address",
+        "batch",
+        "batch_bytes",
+        "batch_limit",
         "closing_since",
         "connected_at",
         "connections",
@@ -236,6 +240,11 @@ class HubConnection:
         self.session: Session | None = None
         self.out: list[bytes] = []
         self.out_bytes = 0
+        #: Non-zero once the client said it reads batches: the routed binary messages of a
+        #: turn then wait in `batch` and leave framed together, up to this many bytes a frame.
+        self.batch_limit = 0
+        self.batch: list[bytes] = []
+        self.batch_bytes = 0
         # Bytes a send took only in part. Kept apart from `out`: a TLS write that could not
         # finish must be retried with the very same bytes.
         self.unsent = b""
@@ -258,9 +267,21 @@ class HubConnection:
     # output
 
     def queue_message(self, message: Message) -> None:
-        """Queue one routed message, framed (header and body kept apart, joined at the write)."""
+        """Queue one routed message, framed (header and body kept apart, joined at the write).
+
+        To a client that reads batches, binary messages are framed at the flush, several
+        to a frame (`_frame_batch`).
+        """
         if isinstance(message, bytes):
             size = len(message)
+            if self.batch_limit:
+                if self.batch and self.batch_bytes + size > self.batch_limit:
+                    self._frame_batch()
+                if self._taking():
+                    self.batch.append(message)
+                    self.batch_bytes += size
+                    self._queued(size)
+                return
             header = _SHORT_BINARY_HEADERS[size] if size < 126 else server_header(OP_BINARY, size)
         else:
             message = message.encode()
@@ -272,23 +293,45 @@ class HubConnection:
 
         Dropped once the connection is ending.
         """
+        if self.batch:
+            self._frame_batch()  # what waits to be batched was queued first
+        if self._taking():
+            out = self.out
+            out.append(data)
+            if body:
+                out.append(body)
+            self._queued(len(data) + len(body))
+
+    def _taking(self) -> bool:
+        """Whether output is still queued (not once the connection is ending)."""
         stage = self.stage
-        if stage is not _OPEN and stage in _ENDING:
-            return
-        out = self.out
-        out.append(data)
-        if body:
-            out.append(body)
-        self.out_bytes += len(data) + len(body)
+        return stage is _OPEN or stage not in _ENDING
+
+    def _queued(self, size: int) -> None:
+        """``size`` more bytes wait: mind the outbox limit, and have them flushed this turn."""
+        self.out_bytes += size
         if self.out_bytes + len(self.unsent) > self.connections.outbox_limit:
             self._overflowed()
-            return
-        if not self.dirty:
-            self.dirty = True
-            self.connections.dirty.append(self)
+        elif not self.dirty:
+            self._schedule_flush()
+
+    def _frame_batch(self) -> None:
+        """Move the messages waiting in `batch` to the output: one frame, a batch if several."""
+        bodies, size = self.batch, self.batch_bytes
+        self.batch, self.batch_bytes = [], 0
+        out = self.out
+        if len(bodies) == 1:
+            out.append(_SHORT_BINARY_HEADERS[size] if size < 126 else server_header(OP_BINARY, size))
+        else:
+            head = batch_header(len(bodies))
+            out.append(server_header(OP_BINARY, size + len(head)))
+            out.append(head)
+        out.extend(bodies)
 
     def flush(self) -> None:
         """Write what is queued, as far as the socket takes it without blocking."""
+        if self.batch:
+            self._frame_batch()
         sock = self.sock
         while True:
             if not self.unsent:
@@ -382,6 +425,7 @@ class HubConnection:
         self.stage = Stage.CLOSED
         self.out = []
         self.out_bytes = 0
+        self.batch = []
         self.unsent = b""
         self.connections.forget(self)
         try:
@@ -395,6 +439,7 @@ class HubConnection:
         logger.warning("client %r is not reading: backlog over %d bytes, disconnecting", self.name, limit)
         self.out = []
         self.out_bytes = 0
+        self.batch = []
         self.abort(CloseCode.OVERLOADED, "too slow: outbound backlog full")
 
     def closing_overdue(self, now: float) -> bool:

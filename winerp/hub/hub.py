@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from .. import errors
 from ..defaults import DEFAULT_HOST, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PORT
 from ..protocol.codec import Codec, Message, NativeCodec
+from ..protocol.frames import BATCH_BYTES
 from ..protocol.router import Output, Router, Session, SessionState
 from ..wire import handshake
 from ..wire.close import CloseCode
@@ -589,6 +590,8 @@ class Hub:
             connection.close(CloseCode.INTERNAL_ERROR, "internal error in the hub")
             return
         if registering and session.state is not SessionState.NEW:
+            # A client that reads batches gets the small messages of a turn framed together.
+            connection.batch_limit = BATCH_BYTES if session.batches else 0
             self._log_join(connection, session)
         for destination, routed in out:
             destination.transport.queue_message(routed)

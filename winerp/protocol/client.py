@@ -11,12 +11,10 @@ import itertools
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-import msgspec
 from msgspec import Raw
 
 from .. import errors
 from .frames import (
-    FRAME_DECODER,
     FRAME_ENCODER,
     HUB,
     AddRoutes,
@@ -31,6 +29,7 @@ from .frames import (
     Request,
     Response,
     Welcome,
+    decode_message,
     encode_frame,
     encode_value,
 )
@@ -38,7 +37,6 @@ from .frames import (
 __all__ = ["ClientProtocol", "ClientState", "error_from_failure"]
 
 _encode_frame = FRAME_ENCODER.encode
-_decode_frame = FRAME_DECODER.decode
 # What a client reads most, and passes on as it is.
 _ROUTINE_FROM_HUB = frozenset({Request, Response, Information})
 
@@ -120,7 +118,7 @@ class ClientProtocol:
     def hello(self, routes: Iterable[str]) -> bytes:
         """Return the registration frame; the connection is then registering."""
         self.state = ClientState.REGISTERING
-        return encode_frame(Hello(self.name, sorted(routes)))
+        return encode_frame(Hello(self.name, sorted(routes), batches=True))
 
     def add_routes(self, routes: Iterable[str]) -> bytes:
         """Return the frame that registers ``routes`` after `hello`."""
@@ -204,21 +202,22 @@ class ClientProtocol:
 
     # incoming
 
-    def receive(self, data: bytes, now: float) -> Frame:
-        """Interpret one message from the hub and return its frame.
+    def receive(self, data: bytes, now: float) -> list[Frame]:
+        """Interpret one message from the hub and return its frames (several for a batch).
 
         `Welcome` updates the state (ready or held) and the limits the hub announced.
 
         Raises:
-            ProtocolError: the message is not a valid frame from a hub.
+            ProtocolError: the message is not a valid frame or batch from a hub.
         """
         self._last_received = now
-        try:
-            frame: Frame = _decode_frame(data)
-        except (msgspec.DecodeError, RecursionError) as exc:
-            raise errors.ProtocolError(f"undecodable frame: {exc}") from None
-        if type(frame) in _ROUTINE_FROM_HUB:
-            return frame
+        frames = decode_message(data)
+        for frame in frames:
+            if type(frame) not in _ROUTINE_FROM_HUB:
+                self._check(frame)
+        return frames
+
+    def _check(self, frame: Frame) -> None:
         if isinstance(frame, Welcome):
             self.state = ClientState.HELD if frame.on_hold else ClientState.READY
             self.heartbeat = frame.heartbeat
@@ -226,7 +225,6 @@ class ClientProtocol:
             self.max_message_size = min(self.max_message_size, frame.max_message_size)
         elif isinstance(frame, (Hello, AddRoutes, Inform)):
             raise errors.ProtocolError(f"a hub does not send {type(frame).__name__}")
-        return frame
 
     def heard(self, now: float) -> None:
         """Note that the hub sent something not read yet (so it is alive)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Protocol, Union
 
 from .. import errors
-from .frames import FRAME_ENCODER, ErrorCode, Frame, decode_frame
+from .frames import FRAME_ENCODER, ErrorCode, Frame, decode_message
 
 __all__ = ["Codec", "NativeCodec", "Undeliverable", "Message"]
 
@@ -41,13 +41,13 @@ class Codec(Protocol):
 
 
 class NativeCodec:
-    """The native dialect: one msgpack frame per binary websocket message."""
+    """The native dialect: a binary websocket message carries one msgpack frame, or a batch of them."""
 
     def decode(self, message: Message) -> list[Frame]:
         """Decode one binary message. Raises `errors.ProtocolError` for anything else."""
         if not isinstance(message, bytes):
             raise errors.ProtocolError("the native dialect uses binary messages only")
-        return [decode_frame(message)]
+        return decode_message(message)
 
     def encode(self, frame: Frame) -> list[Message]:
         """Encode ``frame`` as one binary message."""

@@ -5,6 +5,10 @@ that crosses a native winerp connection and the two encodings involved:
 
 * **frames** are msgspec ``Struct`` s in a tagged union, encoded as compact msgpack arrays
   ``[tag, field, ...]``. New fields go last, with defaults, so an older peer still decodes.
+* **messages**: a binary websocket message carries one frame, or a *batch*, a msgpack array
+  of frames ``[[tag, ...], [tag, ...], ...]`` handled in order. A side sends batches only to
+  a peer that said it reads them (``Hello.batches``, ``Welcome.batches``): many small frames
+  then cost one websocket frame, one masking and one decoding between them.
 * **user values** (request arguments, return values, inform data) are msgpack too, but
   encoded on their own and carried inside a frame as ``msgspec.Raw``: the hub routes on
   the frame's header and forwards the payload bytes without ever decoding them.
@@ -48,6 +52,9 @@ __all__ = [
     "Frame",
     "encode_frame",
     "decode_frame",
+    "decode_message",
+    "batch_header",
+    "BATCH_BYTES",
     "encode_value",
     "decode_value",
     "EMPTY_ARGS",
@@ -87,6 +94,8 @@ class Hello(_Frame, tag=1):
     #: False for clients that do not declare their routes (winerp 1.x): the hub then forwards
     #: every route to them and lets them answer.
     routes_known: bool = True
+    #: The client reads batched messages (see the module docstring).
+    batches: bool = False
 
 
 class Welcome(_Frame, tag=2):
@@ -97,6 +106,8 @@ class Welcome(_Frame, tag=2):
     heartbeat: float
     max_message_size: int
     peers: list[str] = []
+    #: The hub reads batched messages (see the module docstring).
+    batches: bool = False
 
 
 class AddRoutes(_Frame, tag=3):
@@ -185,6 +196,40 @@ FRAME_DECODER: Final = _frame_decoder
 def encode_frame(frame: Frame) -> bytes:
     """Encode one frame to msgpack bytes."""
     return _frame_encoder.encode(frame)
+
+
+_U16: Final = struct.Struct(">H")
+
+#: The most bytes of frames one batch carries: enough that a burst of small messages costs a
+#: few writes, little enough that no batch comes near a limit a peer may set.
+BATCH_BYTES: Final = 64 * 1024
+
+_batch_decoder: Final = msgspec.msgpack.Decoder(list[Frame])
+
+
+def batch_header(count: int) -> bytes:
+    """What comes before ``count`` encoded frames (2 to 65535) to make them one batch."""
+    return bytes((0x90 | count,)) if count < 16 else b"\xdc" + _U16.pack(count)
+
+
+def decode_message(data: bytes) -> list[Frame]:
+    """Decode one binary message into its frames: one frame, or each frame of a batch.
+
+    A frame is an array of at most 15 items whose first is its tag, a small integer; a
+    batch is an array whose first item is an array (a frame).
+
+    Raises:
+        ProtocolError: the bytes are neither a valid frame nor a valid batch.
+    """
+    try:
+        if len(data) > 1 and (data[1] >= 0x80 or data[0] == 0xDC):
+            frames: list[Frame] = _batch_decoder.decode(data)
+            return frames
+        return [_frame_decoder.decode(data)]
+    except (msgspec.DecodeError, RecursionError) as exc:
+        from ..errors import ProtocolError
+
+        raise ProtocolError(f"undecodable message: {exc}") from None
 
 
 def decode_frame(data: bytes) -> Frame:

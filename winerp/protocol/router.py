@@ -94,6 +94,7 @@ class Session:
 
     __slots__ = (
         "awaiting",
+        "batches",
         "codec",
         "connected_since",
         "counters",
@@ -115,6 +116,8 @@ class Session:
         self.name = ""
         self.routes: set[str] = set()
         self.routes_known = True
+        #: The client reads batched messages (said in its Hello): its transport may batch.
+        self.batches = False
         self.state = SessionState.NEW
         #: Requests this session sent that wait for an answer: request id -> destination.
         self.awaiting: dict[int, Session] = {}
@@ -308,6 +311,7 @@ class Router:
         session.name = hello.name
         session.routes = set(hello.routes)
         session.routes_known = hello.routes_known
+        session.batches = hello.batches
         if hello.name in self._by_name:
             session.state = SessionState.HELD
             self._held.setdefault(hello.name, collections.deque()).append(session)
@@ -342,7 +346,7 @@ class Router:
 
     def _welcome(self, session: Session, *, on_hold: bool) -> Welcome:
         peers = [name for name in self._by_name if name != session.name]
-        return Welcome(session.name, on_hold, self.heartbeat, self.max_message_size, sorted(peers))
+        return Welcome(session.name, on_hold, self.heartbeat, self.max_message_size, sorted(peers), batches=True)
 
     def _add_routes(self, session: Session, frame: AddRoutes, out: Output) -> None:
         self._require_registered(session, frame)
