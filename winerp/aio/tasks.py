@@ -43,21 +43,22 @@ def start_task(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, N
         # Inside another task no task can start eagerly; a loop with a task factory of its
         # own (tracing, context propagation) gets its tasks made by that factory.
         return loop.create_task(coroutine)
-    task = _eager(loop, coroutine)
-    return None if task.done() else task
+    return _eager(loop, coroutine)
 
 
 if sys.version_info >= (3, 12):
     _current_task = asyncio.current_task
 
-    def _eager(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, None]) -> Task:
-        return asyncio.Task(coroutine, loop=loop, eager_start=True)
+    def _eager(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, None]) -> Task | None:
+        task = asyncio.Task(coroutine, loop=loop, eager_start=True)
+        return None if task.done() else task
 
 else:
     from asyncio import futures, tasks
 
     # asyncio.current_task(loop) without its Python call (it is one before 3.12).
     _current_task = tasks._current_tasks.get  # type: ignore[attr-defined]
+    _PENDING = futures._PENDING  # type: ignore[attr-defined]
 
     class _EagerTask(tasks._PyTask):  # type: ignore[name-defined,misc]
         """asyncio's pure-Python task, created without scheduling its first step."""
@@ -77,14 +78,15 @@ else:
             self._coro = coroutine
             self._context = contextvars.copy_context()
 
-    def _eager(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, None]) -> Task:
+    def _eager(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, None]) -> Task | None:
         task = _EagerTask(coroutine, loop)
         # The first step, now, in the task's own context (as the loop would run it); the
         # step itself makes the task the current one.
         task._context.run(task._Task__step)
-        if not task.done():
-            # Known to asyncio.all_tasks() (and so cancelled by asyncio.run at its end) only
-            # once it lives on; an ended one is gone anyway.
-            tasks._register_task(task)
+        if task._state != _PENDING:  # what task.done() says, without its call
+            return None
+        # Known to asyncio.all_tasks() (and so cancelled by asyncio.run at its end) only
+        # once it lives on; an ended one is gone anyway.
+        tasks._register_task(task)
         result: Task = task
         return result

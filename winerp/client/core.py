@@ -644,7 +644,7 @@ class ClientCore:
         except errors.ProtocolError as exc:
             logger.warning("client %r: dropped an inform from %r: %s", self.name, information.source, exc)
             return
-        self.emit("on_winerp_information", data, information.source)
+        self.events.emit("on_winerp_information", data, information.source)
 
     def _on_failure(self, failure: Failure) -> None:
         if failure.id == 0:
