@@ -77,7 +77,9 @@ def role_responder_sync(port: int) -> None:
 async def role_responder_aio(port: int) -> None:
     winerp = bs.load_winerp()
     client = winerp.aio.Client("responder", B.HOST, port, reconnect=False)
-    counter = bs.make_counter(B)
+    # The harness's own counter, as nats-py's callback uses it: coroutine handlers run one at a
+    # time on the loop, in the order their informs came, so no lock (the sync role needs one).
+    counter = B.InformCounter()
 
     @client.route
     async def get_user(source: str, user_id: int) -> str:
