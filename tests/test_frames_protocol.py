@@ -828,7 +828,9 @@ def test_the_router_routes_every_frame_of_a_batch_in_order() -> None:
     wire.take(a), wire.take(b)
     request_id, request = a.request("b", "r", {"n": 1})
     informs = [a.inform(i, ["b"]) for i in range(3)]
+    before = a_session.counters.messages_in
     wire.send(a_session, batch_header(5) + b"".join([informs[0], request, informs[1], a.ping(HUB)[1], informs[2]]))
+    assert a_session.counters.messages_in == before + 5  # what status shows: messages, however framed
     got = wire.take(b)
     assert [type(frame) for frame in got] == [Information, Request, Information, Information]
     assert [decode_value(frame.data) for frame in got if isinstance(frame, Information)] == [0, 1, 2]

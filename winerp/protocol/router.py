@@ -57,7 +57,7 @@ class SessionState(enum.Enum):
 
 
 class Counters:
-    """The traffic of one connection, in wire messages and bytes (what ``winerp status`` shows).
+    """The traffic of one connection, in messages (frames) and bytes (what ``winerp status`` shows).
 
     Counted in two places only: `Router.receive` (in) and `Router._emit` (out).
     """
@@ -240,17 +240,18 @@ class Router:
         """
         counters = session.counters
         size = len(message)
-        counters.messages_in += 1
+        frames = session.codec.decode(message)
+        counters.messages_in += len(frames)  # a batch counts each of its frames, as out does
         counters.bytes_in += size
         out: Output = []
         received = self.counters.received
-        for frame in session.codec.decode(message):
+        for frame in frames:
             kind = type(frame)
             handler = self._handlers.get(kind)
             if handler is None:
                 raise errors.ProtocolError(f"a client does not send {kind.__name__}")
-            # dashboard hook: in, by kind (`received` has a key for every kind handled). A 1.x
-            # message may hold several frames: its bytes count once.
+            # dashboard hook: in, by kind (`received` has a key for every kind handled). A batch
+            # or a 1.x message may hold several frames: its bytes count once.
             entry = received[kind]
             entry[0] += 1
             entry[1] += size
