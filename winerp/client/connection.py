@@ -356,7 +356,7 @@ class Connection:
             for opcode, payload in messages:
                 if opcode != OP_BINARY:
                     if self.state is ConnectionState.CLOSED:
-                        return
+                        return  # closed meanwhile (close(), a failed write): ignore the rest
                     self._control(opcode, payload)
                     continue
                 frames = receive(payload, now)
@@ -364,7 +364,7 @@ class Connection:
                     gathering = self.writer.gather(len(frames))  # a batch: as if read apart
                 for frame in frames:
                     if self.state is ConnectionState.CLOSED:
-                        return  # closed meanwhile (close(), a failed write): ignore the rest
+                        return
                     deliver(self, frame)
         finally:
             if gathering:

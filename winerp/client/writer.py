@@ -17,6 +17,10 @@ leaves at once.
   (``winerp-writer-<name>``, started by the first of them), which writes what is queued
   each time it wakes.
 
+What leaves in one write is framed there (`_framed`): to a hub that reads batches (its
+`Welcome` says so), the binary messages among it go as one websocket message carrying them all,
+within the hub's limit, so a burst costs one masking and one frame instead of one each.
+
 Lock: `Writer.lock`, the right to write the socket (second in the client's lock order, see
 `winerp.client.connection`). Whoever holds it looks at the queue again after releasing it:
 a thread that found it taken left its frame there. A failed write tells the connection
