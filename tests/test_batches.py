@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,6 +25,8 @@ from winerp.protocol.frames import (
     Hello,
     Inform,
     Information,
+    Request,
+    Response,
     Welcome,
     batch_header,
     decode_frame,
@@ -34,9 +37,9 @@ from winerp.protocol.frames import (
 )
 
 try:
-    from security_tools import assert_serves, raw_ws
+    from security_tools import assert_serves, raw_ws, read_until_closed
 except ImportError:  # tests/ imported as a package
-    from tests.security_tools import assert_serves, raw_ws
+    from tests.security_tools import assert_serves, raw_ws, read_until_closed
 
 PROMPT = 10.0
 
@@ -120,6 +123,26 @@ def test_a_batch_the_hub_sends_stays_within_its_size(hub: winerp.Hub) -> None:
     assert max(sizes) <= BATCH_BYTES + 3  # the frames, and the batch's header
     reader.close()
     sender.close()
+
+
+def test_what_a_batch_did_before_its_bad_frame_goes_out_before_the_connection_closes(hub: winerp.Hub) -> None:
+    """An answer in a batch that ends with a protocol error still reaches its requester, at once."""
+    answerer = raw_ws(hub.port, timeout=PROMPT)
+    answerer.send_binary(encode_frame(Hello("answerer", ["r"], batches=True)))
+    assert isinstance(decode_frame(answerer.recv()), Welcome)
+    with winerp.sync.Client("asker", port=hub.port, reconnect=False) as asker:
+        outcome: list[Any] = []
+        started = time.monotonic()
+        thread = threading.Thread(target=lambda: outcome.append(asker.request("r", "answerer", timeout=30)))
+        thread.start()
+        request = next(f for f in iter(lambda: decode_frame(answerer.recv()), None) if isinstance(f, Request))
+        answer = encode_frame(Response(request.id, request.peer, msgspec.Raw(encode_value("answered"))))
+        a_hub_frame = encode_frame(Welcome("x", False, 1.0, 1))  # a client never sends one: 1002
+        answerer.send_binary(batch_header(2) + answer + a_hub_frame)
+        thread.join(PROMPT)
+        assert outcome == ["answered"] and time.monotonic() - started < PROMPT
+        assert read_until_closed(answerer)[0] == 1002
+    assert_serves(hub.port)
 
 
 # --- real clients: a hub limit below the batch size, a burst of informs ----------------------

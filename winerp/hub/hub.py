@@ -578,23 +578,27 @@ class Hub:
         session = connection.session
         assert session is not None
         registering = session.state is SessionState.NEW
+        out: Output = []
+        failure: tuple[CloseCode, str] | None = None
         try:
             with self._lock:
-                out = self._router.receive(session, message)
+                self._router.receive(session, message, out)
         except errors.ProtocolError as exc:
-            connection.close(CloseCode.PROTOCOL_ERROR, str(exc))
-            return
+            failure = (CloseCode.PROTOCOL_ERROR, str(exc))
         except Exception:
             # A router bug must cost one connection, with a close frame, not the hub.
             logger.exception("routing a message from connection %s failed", connection.number)
-            connection.close(CloseCode.INTERNAL_ERROR, "internal error in the hub")
-            return
+            failure = (CloseCode.INTERNAL_ERROR, "internal error in the hub")
         if registering and session.state is not SessionState.NEW:
             # A client that reads batches gets the small messages of a turn framed together.
             connection.batch_limit = BATCH_BYTES if session.batches else 0
             self._log_join(connection, session)
+        # What the frames before a bad one did still goes out (a batch or a 1.x message holds
+        # several): an answer the router took off the books reaches its requester.
         for destination, routed in out:
             destination.transport.queue_message(routed)
+        if failure is not None:
+            connection.close(*failure)
 
     def _log_join(self, connection: HubConnection, session: Session) -> None:
         held = ""

@@ -232,18 +232,20 @@ class Router:
         self.sessions.add(session)
         return session
 
-    def receive(self, session: Session, message: Message) -> Output:
-        """Route one wire message from ``session``.
+    def receive(self, session: Session, message: Message, out: Output | None = None) -> Output:
+        """Route one wire message from ``session``; returns ``out`` (a new list if None) with what to send.
 
         Raises:
             ProtocolError: the message breaks the protocol; the caller closes the connection.
+                What the frames before the bad one produced is in ``out``, to be sent first.
         """
         counters = session.counters
         size = len(message)
         frames = session.codec.decode(message)
         counters.messages_in += len(frames)  # a batch counts each of its frames, as out does
         counters.bytes_in += size
-        out: Output = []
+        if out is None:
+            out = []
         received = self.counters.received
         for frame in frames:
             kind = type(frame)
